@@ -1,0 +1,155 @@
+"""Typed schemas for every config group.
+
+Hydra merges the YAML files in conf/ onto these dataclasses, so a misspelt key (`optimizer.lrr`)
+or a value of the wrong type (`optimizer.lr=abc`) fails at composition, before any work. Every
+field has a default and a comment with its unit; the YAML files state only what differs.
+"""
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+class Choice(str, Enum):
+    """A config choice; prints as its value (run directory names, logs, results.json)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Amp(Choice):
+    off = "off"  # float32 throughout
+    bf16 = "bf16"  # autocast to bfloat16, no loss scaling needed
+    fp16 = "fp16"  # autocast to float16 with a gradient scaler
+
+
+class Norm(Choice):
+    batch = "batch"
+    layer = "layer"
+    instance = "instance"
+    group = "group"
+    none = "none"
+
+
+class Stem(Choice):
+    imagenet = "imagenet"  # 7x7 stride-2 conv + 3x3 max-pool: 4x down-sampling, for 224 px
+    small = "small"  # 3x3 stride-1 conv, no pool: for 28-32 px images (CIFAR, MNIST)
+
+
+class OptimizerName(Choice):
+    sgd = "sgd"
+    adam = "adam"
+    adamw = "adamw"
+    adagrad = "adagrad"
+    rmsprop = "rmsprop"
+
+
+class SchedulerName(Choice):
+    none = "none"
+    step = "step"
+    cosine = "cosine"
+    onecycle = "onecycle"
+
+
+class DatasetName(Choice):
+    fashion_mnist = "fashion_mnist"
+    mnist = "mnist"
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+    imagefolder = "imagefolder"
+    synthetic = "synthetic"
+
+
+@dataclass
+class ModelConf:
+    name: str = "lenet5"  # a registered architecture: `cnnbench models` lists them
+    num_classes: Optional[int] = "${dataset.num_classes}"  # output classes (from the dataset)
+    in_channels: int = "${dataset.in_channels}"  # input image channels (from the dataset)
+    # Architecture options. null means "the architecture's own default"; setting one that the
+    # architecture does not have is an error, not silently ignored.
+    norm: Optional[Norm] = None  # normalisation layer: batch | layer | instance | group | none
+    stem: Optional[Stem] = None  # imagenet (7x7/2 + pool) | small (3x3/1, for 28-32 px)
+    dropout: Optional[float] = None  # dropout probability before the classifier, in [0, 1)
+    classic: Optional[bool] = None  # LeNet-5: tanh and average pooling, as in LeCun 1998
+    zero_init_residual: Optional[bool] = None  # ResNet: start each residual branch's last norm at 0
+
+
+@dataclass
+class DatasetConf:
+    name: DatasetName = DatasetName.fashion_mnist  # which reader: see conf/dataset/
+    root: str = "${oc.env:CNNBENCH_DATA,data}"  # directory holding (or receiving) the files
+    download: bool = True  # fetch from the official mirrors when the files are missing
+    batch_size: int = 128  # training images per step (evaluation uses the same)
+    image_size: Optional[int] = None  # resize to this many px square; null = native size,
+    #                                   raised to the model's minimum when smaller
+    augment: bool = False  # random crop (padding 4) + horizontal flip, done on the device
+    num_classes: Optional[int] = 10  # classes; null = count the class folders (imagefolder)
+    in_channels: int = 1  # image channels
+    native_size: int = 28  # px of the stored images (synthetic: the size generated)
+    mean: List[float] = field(default_factory=lambda: [0.5])  # per-channel mean, 0-1 scale
+    std: List[float] = field(default_factory=lambda: [0.5])  # per-channel std, 0-1 scale
+    train_size: int = 0  # use only the first N training images; 0 = all (synthetic: how many)
+    val_size: int = 0  # use only the first N validation images; 0 = all (synthetic: how many)
+    num_workers: int = 4  # DataLoader worker processes (imagefolder only)
+
+
+@dataclass
+class OptimizerConf:
+    name: OptimizerName = OptimizerName.sgd  # torch.optim class: sgd|adam|adamw|adagrad|rmsprop
+    lr: float = 0.1  # peak learning rate (the schedule scales it)
+    weight_decay: float = 5e-4  # L2 penalty (decoupled for adamw)
+    decay_norm_and_bias: bool = False  # false: norm weights and biases get no weight decay
+    # Options only some optimizers have; null = not used by this optimizer.
+    momentum: Optional[float] = None  # sgd, rmsprop: momentum factor
+    nesterov: Optional[bool] = None  # sgd: Nesterov momentum
+    betas: Optional[List[float]] = None  # adam, adamw: (beta1, beta2) moment decay rates
+    eps: Optional[float] = None  # adam, adamw, adagrad, rmsprop: denominator term
+    alpha: Optional[float] = None  # rmsprop: squared-gradient smoothing constant
+
+
+@dataclass
+class SchedulerConf:
+    name: SchedulerName = SchedulerName.onecycle  # none | step | cosine | onecycle
+    warmup_epochs: float = 0.0  # cosine: linear warm-up from 0 over this many epochs
+    min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of optimizer.lr
+    step_epochs: int = 30  # step: multiply lr by gamma every this many epochs
+    gamma: float = 0.1  # step: decay factor
+    pct_start: float = 0.25  # onecycle: fraction of training spent rising to optimizer.lr
+    div_factor: float = 25.0  # onecycle: starting lr = optimizer.lr / div_factor
+
+
+@dataclass
+class TrainerConf:
+    epochs: int = 5  # passes over the training set
+    device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
+    amp: Amp = Amp.off  # mixed precision: off | bf16 | fp16
+    grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
+    label_smoothing: float = 0.0  # cross-entropy label smoothing, in [0, 1)
+    eval_every: int = 1  # evaluate on the validation split every N epochs (and at the end)
+    log_every_steps: int = 50  # TensorBoard train scalars every N optimizer steps
+    max_steps_per_epoch: int = 0  # stop each epoch after N steps; 0 = the whole training set
+    checkpoint: bool = True  # write checkpoints/last.pt each epoch and best.pt on improvement
+    resume: bool = False  # continue from checkpoints/last.pt in the run directory
+    threads: int = 0  # CPU threads for torch; 0 = torch's default (one per core)
+    deterministic: bool = False  # deterministic kernels (slower; for exact reproduction)
+    progress: bool = True  # rich progress bar (shown only on a terminal)
+
+
+@dataclass
+class Config:
+    model: ModelConf = field(default_factory=ModelConf)
+    dataset: DatasetConf = field(default_factory=DatasetConf)
+    optimizer: OptimizerConf = field(default_factory=OptimizerConf)
+    scheduler: SchedulerConf = field(default_factory=SchedulerConf)
+    trainer: TrainerConf = field(default_factory=TrainerConf)
+    seed: int = 0  # seeds Python, NumPy and torch (weights, data order, augmentation)
+
+
+def register_configs() -> None:
+    """Put the schemas where the YAML defaults lists can find them."""
+    ConfigStore.instance().store(name="cnnbench_schema", node=Config)

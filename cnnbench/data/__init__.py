@@ -1,0 +1,182 @@
+"""Dataset builders: find the files (or download them), and return train and validation loaders
+that yield normalised (B, C, H, W) float batches on the training device.
+
+    train, val, info = build_data(dataset_conf, device, seed)
+"""
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from cnnbench.data.memory import PRERESIZE_LIMIT_BYTES, InMemoryLoader, resize_uint8
+from cnnbench.errors import CnnbenchError
+
+
+@dataclass
+class DataInfo:
+    num_classes: int
+    in_channels: int
+    image_size: int  # px, square, as the model sees it
+    train_size: int  # images in the training split used
+    val_size: int  # images in the validation split used
+    source: str  # where the files were read from ("generated" for synthetic)
+
+
+# ---------------------------------------------------------------------------------------------
+# MNIST family: four IDX files, plain or gzipped
+# ---------------------------------------------------------------------------------------------
+
+_IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+_MNIST_LIKE = {  # config name -> (torchvision class name, extra folders to look in)
+    "fashion_mnist": ("FashionMNIST", ["fashion-mnist", "fashion_mnist", "/usr/share/datasets/fashion-mnist"]),
+    "mnist": ("MNIST", ["mnist", "/usr/share/datasets/mnist"]),
+}
+
+
+def _idx_path(folder: Path, stem: str) -> Optional[Path]:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """An IDX file (LeCun's MNIST format): 2 zero bytes, a type byte (0x08 = uint8), the number
+    of dimensions, each dimension as a big-endian int32, then the data."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise CnnbenchError(f"{path} is not an uint8 IDX file (bad header). Delete it and let "
+                            f"cnnbench download it again, or reinstall the dataset package.")
+    ndim = raw[3]
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise CnnbenchError(f"{path} is truncated: expected {int(np.prod(shape))} bytes of data, "
+                            f"found {data.size}. Delete it and download or install it again.")
+    return torch.from_numpy(data.reshape(shape).copy())
+
+
+def _load_mnist_like(name: str, root: Path, download: bool):
+    tv_name, extra = _MNIST_LIKE[name]
+    candidates = [root / tv_name / "raw"] + [root / e for e in extra[:-1]] + [root, Path(extra[-1])]
+    for folder in candidates:
+        paths = [_idx_path(folder, stem) for stem in _IDX_FILES]
+        if all(paths):
+            x_tr, y_tr, x_va, y_va = (read_idx(p) for p in paths)
+            return (x_tr[:, None], y_tr.long(), x_va[:, None], y_va.long()), str(folder)
+    if download:
+        import torchvision.datasets as tvd
+
+        try:  # torchvision's own downloader: writes root/<Name>/raw/*
+            getattr(tvd, tv_name)(str(root), train=True, download=True)
+            getattr(tvd, tv_name)(str(root), train=False, download=True)
+        except Exception as e:  # offline, proxy, disk: report with the fixes below
+            _missing(name, candidates, f"the download failed ({type(e).__name__}: {e})")
+        return _load_mnist_like(name, root, download=False)
+    _missing(name, candidates, "download is off (dataset.download=false)")
+
+
+def _missing(name: str, tried: List[Path], why: str):
+    fixes = [f"point dataset.root at a folder holding the files (or set CNNBENCH_DATA)",
+             "connect to the network and keep dataset.download=true",
+             "or try cnnbench without files: dataset=synthetic"]
+    if name == "fashion_mnist":
+        fixes.insert(0, "install Debian's copy: apt-get install dataset-fashion-mnist")
+    raise CnnbenchError(
+        f"Dataset {name!r} not found, and {why}. Looked in: {', '.join(str(p) for p in tried)}. "
+        f"Fix: {'; '.join(fixes)}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR: torchvision's reader over the python pickles
+# ---------------------------------------------------------------------------------------------
+
+def _load_cifar(name: str, root: Path, download: bool):
+    import torchvision.datasets as tvd
+
+    cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+    folder = root / cls.base_folder
+    try:
+        tr = cls(str(root), train=True, download=download)
+        va = cls(str(root), train=False, download=download)
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted."
+        _missing(name, [folder], f"torchvision could not read it ({e})")
+    except Exception as e:  # urllib errors when offline
+        _missing(name, [folder], f"the download failed ({type(e).__name__}: {e})")
+
+    def to_tensors(ds):  # (N, 32, 32, 3) uint8 numpy -> (N, 3, 32, 32)
+        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
+
+    return (*to_tensors(tr), *to_tensors(va)), str(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic: random images whose label is learnable
+# ---------------------------------------------------------------------------------------------
+
+def _make_synthetic(num_classes: int, channels: int, size: int, n_train: int, n_val: int, seed: int):
+    """Each class has a fixed random pattern; an image is its class pattern plus fresh noise, so a
+    model can learn the labels (a training run on it shows a falling loss)."""
+    gen = torch.Generator().manual_seed(seed)
+    patterns = torch.randn(num_classes, channels, size, size, generator=gen)
+
+    def split(n):
+        y = torch.randint(0, num_classes, (n,), generator=gen)
+        x = 128 + 40 * patterns[y] + 40 * torch.randn(n, channels, size, size, generator=gen)
+        return x.round().clamp(0, 255).to(torch.uint8), y
+
+    return (*split(n_train), *split(n_val)), "generated"
+
+
+# ---------------------------------------------------------------------------------------------
+# The door
+# ---------------------------------------------------------------------------------------------
+
+def build_data(conf, device: torch.device, seed: int, image_size: int) -> Tuple[object, object, DataInfo]:
+    """conf: a cnnbench.config.DatasetConf; image_size: the px the model gets (already checked
+    against the model's minimum). Returns (train_loader, val_loader, info)."""
+    name = getattr(conf.name, "value", conf.name)
+    if name == "imagefolder":
+        from cnnbench.data.folder import build_imagefolder
+
+        return build_imagefolder(conf, device, seed, image_size)
+    root = Path(os.path.expanduser(conf.root))
+    if name in _MNIST_LIKE:
+        tensors, source = _load_mnist_like(name, root, conf.download)
+    elif name in ("cifar10", "cifar100"):
+        tensors, source = _load_cifar(name, root, conf.download)
+    elif name == "synthetic":
+        tensors, source = _make_synthetic(conf.num_classes, conf.in_channels, image_size,
+                                          conf.train_size or 1024, conf.val_size or 256, seed)
+    else:
+        raise CnnbenchError(f"Unknown dataset {name!r}.")
+    x_tr, y_tr, x_va, y_va = tensors
+    if conf.train_size:
+        x_tr, y_tr = x_tr[:conf.train_size], y_tr[:conf.train_size]
+    if conf.val_size:
+        x_va, y_va = x_va[:conf.val_size], y_va[:conf.val_size]
+    if x_tr.shape[1] != conf.in_channels:
+        raise CnnbenchError(f"Dataset {name!r} has {x_tr.shape[1]}-channel images but "
+                            f"dataset.in_channels={conf.in_channels}. Remove the override.")
+    # Resize once, on the CPU, if the result is small enough; otherwise each batch on the device.
+    per_image = conf.in_channels * image_size * image_size
+    preresize = x_tr.shape[-1] != image_size and (len(x_tr) + len(x_va)) * per_image <= PRERESIZE_LIMIT_BYTES
+    if preresize:
+        x_tr, x_va = resize_uint8(x_tr, image_size), resize_uint8(x_va, image_size)
+    x_tr, y_tr, x_va, y_va = (t.to(device) for t in (x_tr, y_tr, x_va, y_va))
+    common = dict(batch_size=conf.batch_size, mean=conf.mean, std=conf.std, seed=seed,
+                  image_size=image_size)
+    train = InMemoryLoader(x_tr, y_tr, train=True, augment=conf.augment, **common)
+    val = InMemoryLoader(x_va, y_va, train=False, **common)
+    if len(train) == 0:
+        raise CnnbenchError(f"The training split has {len(x_tr)} images, fewer than one batch of "
+                            f"dataset.batch_size={conf.batch_size}. Lower the batch size or use more data.")
+    n_classes = int(y_tr.max()) + 1 if conf.num_classes is None else conf.num_classes
+    return train, val, DataInfo(n_classes, conf.in_channels, image_size, train.num_samples,
+                                len(x_va), source)

@@ -1,0 +1,79 @@
+"""The model registry: every architecture is a builder function registered under a unique name.
+
+    @register_model("resnet50", family="resnet", year=2015, paper="...", min_size=32)
+    def resnet50(num_classes=1000, in_channels=3, **options) -> nn.Module: ...
+
+`create_model("resnet50", num_classes=10)` builds one; `list_models("resnet*")` lists names.
+"""
+
+import fnmatch
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import torch.nn as nn
+
+from cnnbench.errors import CnnbenchError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Callable[..., nn.Module]
+    family: str  # e.g. "resnet": one file in cnnbench/models per family
+    year: int  # publication year of the paper
+    paper: str  # authors, title
+    default_input: Tuple[int, int, int]  # (C, H, W) the paper reports figures at
+    default_classes: int  # classes the paper reports figures at
+    min_size: Union[int, Callable[..., int]]  # smallest H = W accepted (may depend on options)
+    max_size: Optional[int]  # largest H = W accepted; None = no limit
+
+    @property
+    def options(self) -> List[str]:
+        """Keyword options the builder takes besides num_classes and in_channels."""
+        params = inspect.signature(self.builder).parameters
+        return [p for p in params if p not in ("num_classes", "in_channels")]
+
+    def min_input(self, **options) -> int:
+        return self.min_size(**options) if callable(self.min_size) else self.min_size
+
+
+_REGISTRY: Dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, *, family: str, year: int, paper: str, min_size, max_size=None,
+                   default_input=(3, 224, 224), default_classes=1000):
+    """Decorator: add a builder to the registry. Names are unique."""
+
+    def wrap(builder):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelInfo(name, builder, family, year, paper, tuple(default_input),
+                                    default_classes, min_size, max_size)
+        return builder
+
+    return wrap
+
+
+def list_models(pattern: str = "*") -> List[str]:
+    """Registered names matching a shell-style pattern, in registration order."""
+    return [n for n in _REGISTRY if fnmatch.fnmatch(n, pattern)]
+
+
+def get_model_info(name: str) -> ModelInfo:
+    if name not in _REGISTRY:
+        raise CnnbenchError(
+            f"Unknown model {name!r}. Known models: {', '.join(_REGISTRY)}. "
+            f"Choose one with model=NAME (`cnnbench models` shows them with their sizes).")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered architecture; unknown options are an error, not ignored."""
+    info = get_model_info(name)
+    unknown = sorted(set(kwargs) - set(info.options) - {"num_classes", "in_channels"})
+    if unknown:
+        raise CnnbenchError(
+            f"Model {name!r} has no option {', '.join(unknown)}; its options are: "
+            f"{', '.join(info.options) or 'none'}. Remove the override or pick a model that has it.")
+    return info.builder(**kwargs)

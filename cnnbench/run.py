@@ -1,0 +1,473 @@
+"""The one door: a composed config becomes objects here, runs, and leaves its record.
+
+Below this module everything receives typed arguments and built objects, never a DictConfig.
+`validate(cfg)` checks what the schema cannot (names, ranges, sizes) without building anything,
+so the CLI can refuse bad input before Hydra creates a run directory.
+"""
+
+import difflib
+import logging
+import math
+import os
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig, OmegaConf
+
+from cnnbench import engine, measure, track
+from cnnbench.errors import CnnbenchError
+from cnnbench.models import create_model, get_model_info
+
+log = logging.getLogger("cnnbench")
+
+# Which keys each optimizer takes besides lr and weight_decay (torch.optim's argument names).
+_OPTIMIZERS = {
+    "sgd": (torch.optim.SGD, ("momentum", "nesterov")),
+    "adam": (torch.optim.Adam, ("betas", "eps")),
+    "adamw": (torch.optim.AdamW, ("betas", "eps")),
+    "adagrad": (torch.optim.Adagrad, ("eps",)),
+    "rmsprop": (torch.optim.RMSprop, ("alpha", "eps", "momentum")),
+}
+_OPTIONAL_OPTIMIZER_KEYS = ("momentum", "nesterov", "betas", "eps", "alpha")
+# What a checkpoint carries of results.json, so a resumed run reports the whole run.
+_RESUMED_KEYS = ("history", "best_top1_err", "best_epoch", "top1_err", "top5_err", "loss", "epochs",
+                 "wall_time_s", "train_images_per_s")
+_AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _value(x):
+    """Config enums -> their string; everything else unchanged."""
+    return getattr(x, "value", x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: everything the schema cannot check, before any work
+# ---------------------------------------------------------------------------------------------
+
+def model_options(model_cfg) -> Dict[str, Any]:
+    """The architecture options set in the config (null = the architecture's default)."""
+    skip = {"name", "num_classes", "in_channels"}
+    return {k: _value(v) for k, v in model_cfg.items() if k not in skip and v is not None}
+
+
+def image_size_for(cfg) -> int:
+    """The px the model gets: dataset.image_size if set, else the native size raised to the
+    model's minimum (LeNet-5 takes 32 px; Fashion-MNIST is 28)."""
+    info = get_model_info(cfg.model.name)
+    min_size = info.min_input(**model_options(cfg.model))
+    if cfg.dataset.image_size is not None:
+        return cfg.dataset.image_size
+    size = max(cfg.dataset.native_size, min_size)
+    return min(size, info.max_size) if info.max_size else size
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise CnnbenchError for values the typed schema accepts but that cannot work."""
+    from cnnbench.config import Config
+
+    known = list(Config.__dataclass_fields__)
+    for key in cfg:  # the root is the one level the schema cannot close (Hydra adds to it)
+        if key not in known:
+            guess = difflib.get_close_matches(key, known, n=1)
+            raise CnnbenchError(f"{key} is not a cnnbench setting.{f' Did you mean {guess[0]}?' if guess else ''} "
+                                f"The top-level settings are: {', '.join(known)}.")
+    m, d, o, s, t = cfg.model, cfg.dataset, cfg.optimizer, cfg.scheduler, cfg.trainer
+    info = get_model_info(m.name)  # unknown name -> the list of known ones
+    options = model_options(m)
+    unknown = sorted(set(options) - set(info.options))
+    if unknown:
+        raise CnnbenchError(
+            f"model.{unknown[0]} does not apply to {m.name}: its options are "
+            f"{', '.join(info.options) or 'none'}. Remove model.{unknown[0]}=... from the command line.")
+
+    def positive(key, value, kind="a positive number"):
+        if value is None or value <= 0:
+            raise CnnbenchError(f"{key}={value} is not allowed: it must be {kind}. Set {key} to {kind}.")
+
+    positive("dataset.batch_size", d.batch_size, "a positive integer")
+    positive("optimizer.lr", o.lr)
+    positive("trainer.epochs", t.epochs, "a positive integer")
+    positive("trainer.eval_every", t.eval_every, "a positive integer")
+    positive("trainer.log_every_steps", t.log_every_steps, "a positive integer")
+    for key, value in [("optimizer.weight_decay", o.weight_decay), ("trainer.grad_clip", t.grad_clip),
+                       ("trainer.max_steps_per_epoch", t.max_steps_per_epoch), ("trainer.threads", t.threads),
+                       ("dataset.train_size", d.train_size), ("dataset.val_size", d.val_size),
+                       ("dataset.num_workers", d.num_workers)]:
+        if value < 0:
+            raise CnnbenchError(f"{key}={value} is negative. Set it to 0 or more.")
+    for key, value in [("model.dropout", m.dropout), ("trainer.label_smoothing", t.label_smoothing)]:
+        if value is not None and not 0 <= value < 1:
+            raise CnnbenchError(f"{key}={value} is outside [0, 1). Use a probability such as 0.5.")
+    if d.num_classes is not None and d.num_classes < 1:
+        raise CnnbenchError(f"dataset.num_classes={d.num_classes} must be at least 1.")
+    if len(d.mean) != d.in_channels or len(d.std) != d.in_channels or min(d.std) <= 0:
+        raise CnnbenchError(f"dataset.mean and dataset.std need one value per channel "
+                            f"({d.in_channels}), std > 0; got mean={list(d.mean)} std={list(d.std)}.")
+
+    # Optimizer: its own keys only
+    name = _value(o.name)
+    _, own = _OPTIMIZERS[name]
+    for key in _OPTIONAL_OPTIMIZER_KEYS:
+        if o[key] is not None and key not in own:
+            raise CnnbenchError(f"optimizer.{key} does not apply to {name}; {name} takes lr, weight_decay"
+                                f"{''.join(', ' + k for k in own)}. Remove optimizer.{key}=...")
+    if name == "sgd" and o.nesterov and not (o.momentum or 0) > 0:
+        raise CnnbenchError("optimizer.nesterov=true needs optimizer.momentum > 0. Set momentum "
+                            "(e.g. 0.9) or nesterov=false.")
+    if o.betas is not None and (len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas)):
+        raise CnnbenchError(f"optimizer.betas={list(o.betas)} must be two numbers in [0, 1), e.g. [0.9,0.999].")
+
+    # Scheduler
+    sname = _value(s.name)
+    if sname == "step":
+        positive("scheduler.step_epochs", s.step_epochs, "a positive integer")
+    if sname == "onecycle" and not (0 < s.pct_start < 1 and s.div_factor >= 1):
+        raise CnnbenchError(f"scheduler.pct_start={s.pct_start} must be in (0, 1) and "
+                            f"scheduler.div_factor={s.div_factor} at least 1.")
+    if sname == "cosine" and (s.warmup_epochs < 0 or not 0 <= s.min_lr_ratio <= 1):
+        raise CnnbenchError("scheduler.warmup_epochs must be >= 0 and scheduler.min_lr_ratio in [0, 1].")
+
+    # Input size against the architecture
+    min_size = info.min_input(**options)
+    size = image_size_for(cfg)
+    if size < min_size:
+        raise CnnbenchError(f"dataset.image_size={size} is too small for {m.name}: it needs at least "
+                            f"{min_size} px. Set dataset.image_size={min_size} or more (or leave it "
+                            f"unset to use the smallest size the model takes).")
+    if info.max_size and size > info.max_size:
+        raise CnnbenchError(f"dataset.image_size={size} is too large for {m.name}, which takes "
+                            f"{info.max_size} px. Set dataset.image_size={info.max_size}.")
+
+    # Device
+    dev = t.device
+    if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise CnnbenchError(f"trainer.device={dev!r} is not a device. Use auto, cpu, cuda or cuda:N.")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CnnbenchError(f"trainer.device={name} but this machine has no usable CUDA GPU. "
+                            f"Use trainer.device=cpu (or auto).")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise CnnbenchError(f"trainer.device={name} but only {torch.cuda.device_count()} GPU(s) exist.")
+    return device
+
+
+# ---------------------------------------------------------------------------------------------
+# Objects from config
+# ---------------------------------------------------------------------------------------------
+
+def build_optimizer(model: nn.Module, o) -> torch.optim.Optimizer:
+    """torch.optim from the config. Unless decay_norm_and_bias, weight decay skips 1-d tensors
+    (norm scales and shifts, biases): shrinking them regularises nothing useful."""
+    cls, own = _OPTIMIZERS[_value(o.name)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.decay_norm_and_bias or o.weight_decay == 0:
+        groups = [{"params": params, "weight_decay": o.weight_decay}]
+    else:
+        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": o.weight_decay},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    kwargs = {k: (tuple(o[k]) if k == "betas" else o[k]) for k in own if o[k] is not None}
+    return cls([g for g in groups if g["params"]], lr=o.lr, **kwargs)
+
+
+def build_scheduler(optimizer, s, lr: float, epochs: int, steps_per_epoch: int):
+    """A per-step schedule over the whole run."""
+    total = epochs * steps_per_epoch
+    name = _value(s.name)
+    if name == "onecycle":
+        # Smith & Topin 2018, as torch's OneCycleLR anneals it: half a cosine up from lr / div_factor
+        # to lr over pct_start of the run, half a cosine down to lr / (div_factor * 1e4). Written
+        # as a factor so that runs of a few steps work (OneCycleLR divides by zero there).
+        up = max(1, round(s.pct_start * total))
+
+        def factor(step):
+            start, end, t = ((1 / s.div_factor, 1.0, step / up) if step < up else
+                             (1.0, 1 / (s.div_factor * 1e4), (step - up) / max(1, total - up)))
+            return end + (start - end) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    elif name == "cosine":
+        warm = int(s.warmup_epochs * steps_per_epoch)
+
+        def factor(step):
+            if step < warm:
+                return (step + 1) / warm
+            progress = (step - warm) / max(1, total - warm)
+            return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    elif name == "step":
+        def factor(step):
+            return s.gamma ** (step // (s.step_epochs * steps_per_epoch))
+    else:
+        def factor(step):
+            return 1.0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # CPU and every CUDA device
+
+
+def _rng_state() -> dict:
+    """Every generator's state, as tensors and plain values (a weights_only checkpoint holds no
+    NumPy objects)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """Paths of one run directory."""
+
+    dir: Path
+
+    @property
+    def results(self) -> Path:
+        return self.dir / "results.json"
+
+    @property
+    def last(self) -> Path:
+        return self.dir / "checkpoints" / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.dir / "checkpoints" / "best.pt"
+
+
+def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse to start a fresh run over an existing one, or to resume nothing."""
+    run = Run(run_dir)
+    if cfg.trainer.resume:
+        if not run.last.is_file():
+            raise CnnbenchError(
+                f"trainer.resume=true but {run.last} does not exist. Resume names the run directory "
+                f"of an earlier run: cnnbench train ... hydra.run.dir=<that directory> trainer.resume=true.")
+    elif run.results.exists() or run.last.exists():
+        raise CnnbenchError(
+            f"{run_dir} already holds a run; cnnbench will not overwrite it. Add trainer.resume=true "
+            f"to continue it, or choose another hydra.run.dir.")
+
+
+def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
+    """Train the composed configuration and write its record into run_dir. Returns the results."""
+    validate(cfg)
+    run = Run(Path(run_dir))
+    check_run_dir(cfg, run.dir)
+    m, d, o, s, t = cfg.model, cfg.dataset, cfg.optimizer, cfg.scheduler, cfg.trainer
+    device = resolve_device(t.device)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not t.deterministic
+    _seed_everything(cfg.seed)
+
+    # Data first: a missing dataset fails before anything is written.
+    from cnnbench.data import build_data
+
+    image_size = image_size_for(cfg)
+    if d.image_size is None and image_size != d.native_size:
+        log.info(f"Resizing {d.native_size} px images to {image_size} px, the size {m.name} takes "
+                 f"(set dataset.image_size to choose).")
+    train_loader, val_loader, data = build_data(OmegaConf.to_object(d), device, cfg.seed, image_size)
+    num_classes = m.num_classes if m.num_classes is not None else data.num_classes
+    input_shape = (data.in_channels, image_size, image_size)
+
+    options = model_options(m)
+
+    def build():
+        return create_model(m.name, num_classes=num_classes, in_channels=data.in_channels, **options)
+
+    model = build().to(device)
+    params, trainable, param_bytes = measure.count_params(model)
+    macs = measure.count_macs(build, input_shape)
+    act_bytes = measure.activation_bytes(build, input_shape)
+
+    steps_per_epoch = min(len(train_loader), t.max_steps_per_epoch) if t.max_steps_per_epoch else len(train_loader)
+    optimizer = build_optimizer(model, o)
+    scheduler = build_scheduler(optimizer, s, o.lr, t.epochs, steps_per_epoch)
+    amp_dtype = _AMP_DTYPES[_value(t.amp)]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    step_cfg = engine.StepConfig(device, amp_dtype, t.grad_clip, t.label_smoothing, t.max_steps_per_epoch,
+                                 t.log_every_steps)
+
+    results: Dict[str, Any] = {
+        "status": "running", "error": None, "run_dir": str(run.dir.resolve()),
+        "model": m.name, "dataset": _value(d.name), "optimizer": _value(o.name), "seed": cfg.seed,
+        "params": params, "trainable_params": trainable,
+        "macs": macs, "flops": 2 * macs,  # per image, forward pass; FLOPs = 2 x MACs
+        "activation_bytes": act_bytes, "param_bytes": param_bytes,
+        "peak_memory_bytes": None, "peak_memory_kind": None, "train_images_per_s": None,
+        "input_shape": list(input_shape), "num_classes": num_classes, "batch_size": d.batch_size,
+        "train_images": data.train_size, "val_images": data.val_size, "data_source": data.source,
+        "epochs": 0, "top1_err": None, "top5_err": None, "loss": None,
+        "best_top1_err": None, "best_epoch": None, "wall_time_s": 0.0, "history": [],
+        "env": measure.environment(device),
+        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+    }
+    start_epoch, global_step, prior_wall = 0, 0, 0.0
+    if t.resume:
+        state = track.load_checkpoint(run.last, m.name)
+        model.load_state_dict(state["weights"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        start_epoch, global_step = state["epoch"], state["global_step"]
+        results.update(state["results"])
+        prior_wall = results["wall_time_s"]
+        log.info(f"Resuming {run.dir} at epoch {start_epoch + 1}, step {global_step}.")
+
+    log.info(f"{m.name}: {params:,} parameters, {macs / 1e9:.3f} GMACs/image at {image_size} px; "
+             f"{_value(d.name)} ({data.train_size:,} train / {data.val_size:,} val, {data.source}) "
+             f"on {device}")
+    run.dir.mkdir(parents=True, exist_ok=True)
+    track.write_results(run.results, results)
+    tb = track.TensorBoard(run.dir, purge_step=global_step + 1 if t.resume else None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    t_start = time.perf_counter()
+    try:
+        for epoch in range(start_epoch, t.epochs):
+            train_loader.set_epoch(epoch)
+            with _progress(t.progress, epoch, t.epochs, steps_per_epoch, d.batch_size) as bar:
+                def on_log(step, values):
+                    tb.scalars({**values, "lr": optimizer.param_groups[0]["lr"]}, step)
+                    bar.show(values["train/loss"])
+
+                stats = engine.train_one_epoch(model, train_loader, optimizer, scheduler, scaler, step_cfg,
+                                               global_step, on_log, bar.advance)
+            global_step = stats["global_step"]
+            row = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_top1_err": stats["top1_err"],
+                   "val_loss": None, "val_top1_err": None, "val_top5_err": None,
+                   "lr": optimizer.param_groups[0]["lr"], "seconds": stats["seconds"],
+                   "images_per_s": stats["images_per_s"]}
+            if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+                val = engine.evaluate(model, val_loader, step_cfg)
+                row.update(val_loss=val["loss"], val_top1_err=val["top1_err"], val_top5_err=val["top5_err"])
+                results.update(loss=val["loss"], top1_err=val["top1_err"], top5_err=val["top5_err"])
+                tb.scalars({"val/loss": val["loss"], "val/top1_err": val["top1_err"],
+                            "val/top5_err": val["top5_err"]}, global_step)
+                improved = results["best_top1_err"] is None or val["top1_err"] < results["best_top1_err"]
+                if improved:
+                    results.update(best_top1_err=val["top1_err"], best_epoch=epoch + 1)
+            else:
+                improved = False
+            tb.scalars({"images_per_s": stats["images_per_s"]}, global_step)
+            results["history"].append(row)
+            results["epochs"] = epoch + 1
+            rates = [r["images_per_s"] for r in results["history"] if r["images_per_s"]]
+            results["train_images_per_s"] = statistics.median(rates) if rates else None  # steady state
+            results["peak_memory_bytes"], results["peak_memory_kind"] = measure.peak_memory(device)
+            results["wall_time_s"] = prior_wall + time.perf_counter() - t_start
+            log.info(_epoch_line(row, t.epochs))
+            if t.checkpoint:
+                track.save_checkpoint(run.last, {
+                    "model": m.name, "weights": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                    "epoch": epoch + 1, "global_step": global_step, "rng": _rng_state(),
+                    "results": {k: results[k] for k in _RESUMED_KEYS}, "config": results["config"]})
+                if improved:
+                    track.save_checkpoint(run.best, {"model": m.name, "weights": model.state_dict(),
+                                                     "epoch": epoch + 1, "top1_err": results["best_top1_err"],
+                                                     "config": results["config"]})
+            track.write_results(run.results, results)
+    except KeyboardInterrupt:
+        results.update(status="interrupted", error="interrupted by the user (Ctrl-C)")
+        track.write_results(run.results, results)
+        tb.close()
+        raise
+    except Exception as e:
+        results.update(status="failed", error=f"{type(e).__name__}: {e}")
+        track.write_results(run.results, results)
+        tb.close()
+        raise
+
+    results["status"] = "completed"
+    results["wall_time_s"] = prior_wall + time.perf_counter() - t_start
+    track.write_results(run.results, results)
+    tb.hparams(
+        {"model": m.name, "dataset": _value(d.name), "optimizer": _value(o.name), "lr": o.lr,
+         "batch_size": d.batch_size, "seed": cfg.seed, "epochs": t.epochs},
+        {"top1_err": results["top1_err"], "top5_err": results["top5_err"], "params": params,
+         "gmacs": macs / 1e9, "peak_memory_mb": results["peak_memory_bytes"] / 2**20,
+         "images_per_s": results["train_images_per_s"]})
+    tb.close()
+    return results
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    val = (f" | val loss {row['val_loss']:.4f} top-1 err {100 * row['val_top1_err']:.2f}% "
+           f"top-5 err {100 * row['val_top5_err']:.2f}%") if row["val_loss"] is not None else ""
+    rate = f"{row['images_per_s']:,.0f} img/s" if row["images_per_s"] else "—"
+    return (f"epoch {row['epoch']}/{epochs} | train loss {row['train_loss']:.4f} top-1 err "
+            f"{100 * row['train_top1_err']:.2f}%{val} | {rate} | {row['seconds']:.1f} s")
+
+
+class _progress:
+    """A rich progress bar for one epoch, shown only on a terminal (no noise in logs or CI)."""
+
+    def __init__(self, enabled: bool, epoch: int, epochs: int, steps: int, batch_size: int):
+        from rich.console import Console
+
+        self.console = Console()
+        self.enabled = enabled and self.console.is_terminal
+        self.epoch, self.epochs, self.steps, self.batch_size = epoch, epochs, steps, batch_size
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeRemainingColumn)
+
+            images_per_s = TextColumn("{task.fields[rate]}")
+            self.bar = Progress(TextColumn(f"epoch {self.epoch + 1}/{self.epochs}"), BarColumn(),
+                                MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), images_per_s,
+                                TimeRemainingColumn(), console=self.console, transient=True)
+            self.task = self.bar.add_task("train", total=self.steps, loss="…", rate="")
+            self.bar.start()
+        return self
+
+    def advance(self) -> None:
+        if self.enabled:
+            self.bar.advance(self.task)
+
+    def show(self, loss: float) -> None:
+        if self.enabled:
+            speed = self.bar.tasks[0].speed  # steps/s over rich's recent window
+            rate = f"{speed * self.batch_size:,.0f} img/s" if speed else ""
+            self.bar.update(self.task, loss=f"{loss:.4f}", rate=rate)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.stop()
+        return False

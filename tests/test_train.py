@@ -1,0 +1,161 @@
+"""`cnnbench train` end to end, in a subprocess as a user runs it: the record a run leaves."""
+
+import math
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.plugin_event_accumulator import \
+    EventAccumulator as PluginEventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from conftest import TINY, cnnbench, read_results
+
+from cnnbench.track import load_checkpoint
+
+
+def test_results_json_has_every_field_with_sane_values(tiny_run):
+    r = read_results(tiny_run)
+    assert r["format"] == "cnnbench.results" and r["format_version"] == 1
+    assert r["status"] == "completed"
+    assert (r["model"], r["dataset"], r["optimizer"], r["seed"]) == ("lenet5", "synthetic", "sgd", 0)
+    assert r["params"] == r["trainable_params"] == 61_706
+    # LeNet-5 at 32 px, per image: C1 117,600 + C3 240,000 + C5 48,000 + F6 10,080 + out 840 MACs
+    assert r["macs"] == 416_520 and r["flops"] == 2 * r["macs"]
+    assert r["param_bytes"] == 4 * 61_706
+    # Saved for backward per image includes at least the input and C1's output (fp32).
+    assert 4 * (32 * 32 + 6 * 28 * 28) <= r["activation_bytes"] < 100_000
+    assert r["peak_memory_bytes"] > 0 and r["peak_memory_kind"] == "process_peak_rss"
+    assert r["train_images_per_s"] > 0
+    assert r["epochs"] == 2 and len(r["history"]) == 2
+    for key in ("top1_err", "top5_err", "best_top1_err"):
+        assert 0 <= r[key] <= 1
+    assert r["top5_err"] <= r["top1_err"] and r["loss"] > 0
+    assert r["best_epoch"] in (1, 2) and r["wall_time_s"] > 0
+    row = r["history"][-1]
+    assert set(row) == {"epoch", "train_loss", "train_top1_err", "val_loss", "val_top1_err",
+                        "val_top5_err", "lr", "seconds", "images_per_s"}
+    assert row["val_top1_err"] == r["top1_err"]
+    env = r["env"]
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["threads"] >= 1
+    assert {"cnnbench", "git_commit", "cuda", "device_name", "hostname"} <= set(env)
+    assert r["config"]["model"]["name"] == "lenet5" and r["config"]["trainer"]["epochs"] == 2
+
+
+def test_tensorboard_events_read_back(tiny_run):
+    acc = EventAccumulator(str(tiny_run))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/top1_err", "val/loss", "val/top1_err", "val/top5_err", "lr",
+            "images_per_s"} <= tags
+    steps = [e.step for e in acc.Scalars("train/loss")]
+    assert steps == list(range(1, 9))  # log_every_steps=1, 4 steps x 2 epochs
+    val = acc.Scalars("val/top1_err")
+    assert [e.step for e in val] == [4, 8]
+    assert math.isclose(val[-1].value, read_results(tiny_run)["top1_err"], rel_tol=1e-6)
+    # The hparams record, read the way TensorBoard's HPARAMS tab reads it.
+    hp = PluginEventAccumulator(str(tiny_run))
+    hp.Reload()
+    start = hp.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
+    assert hparams["model"].string_value == "lenet5" and hparams["batch_size"].number_value == 16
+    assert {"hparam/top1_err", "hparam/params", "hparam/gmacs", "hparam/images_per_s"} <= set(hp.Tags()["tensors"])
+
+
+def test_checkpoints_load_and_hold_the_final_weights(tiny_run):
+    last = load_checkpoint(tiny_run / "checkpoints" / "last.pt", "lenet5")
+    assert last["epoch"] == 2 and last["global_step"] == 8
+    best = load_checkpoint(tiny_run / "checkpoints" / "best.pt", "lenet5")
+    assert best["epoch"] == read_results(tiny_run)["best_epoch"]
+    assert set(last["weights"]) == set(best["weights"])
+
+
+def test_resume_continues_where_the_run_stopped(tmp_path):
+    run_dir = tmp_path / "outputs" / "r"
+    first = cnnbench("train", *TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    # The same run, asked for 2 epochs: trains only the second.
+    again = cnnbench("train", *TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    resumed = cnnbench("train", *TINY, "trainer.epochs=2", "trainer.resume=true",
+                       f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming" in resumed.stdout
+    r = read_results(run_dir)
+    assert r["status"] == "completed" and r["epochs"] == 2
+    assert [h["epoch"] for h in r["history"]] == [1, 2]
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 9))  # no gap, no repeat
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    """Resume restores weights, optimizer, schedule and data order: 1 epoch + 1 resumed epoch
+    gives the numbers of 2 epochs in one go (constant lr, so the schedule is the same)."""
+    same = [*TINY, "scheduler=none", "trainer.deterministic=true", "trainer.threads=1"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert cnnbench("train", *same, "trainer.epochs=2", f"hydra.run.dir={whole}", cwd=tmp_path).returncode == 0
+    assert cnnbench("train", *same, "trainer.epochs=1", f"hydra.run.dir={split}", cwd=tmp_path).returncode == 0
+    r = cnnbench("train", *same, "trainer.epochs=2", "trainer.resume=true", f"hydra.run.dir={split}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    a, b = read_results(whole), read_results(split)
+    for key in ("top1_err", "top5_err", "loss", "best_top1_err", "best_epoch"):
+        assert a[key] == b[key], key
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    wa = load_checkpoint(whole / "checkpoints" / "last.pt", "lenet5")["weights"]
+    wb = load_checkpoint(split / "checkpoints" / "last.pt", "lenet5")["weights"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("model_args", [["model=lenet5", "model.classic=true"],
+                                        ["model=resnet18", "model.stem=small", "model.norm=group",
+                                         "dataset.image_size=8"]])
+def test_train_other_models_and_optimizers(tmp_path, model_args):
+    run_dir = tmp_path / "run"
+    r = cnnbench("train", *TINY, *model_args, "optimizer=adamw", "scheduler=cosine",
+                 f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = read_results(run_dir)
+    assert res["optimizer"] == "adamw" and res["config"]["scheduler"]["name"] == "cosine"
+    assert res["status"] == "completed"
+
+
+def test_synthetic_data_is_learnable(tmp_path):
+    run_dir = tmp_path / "run"
+    r = cnnbench("train", *TINY, "dataset.train_size=1024", "dataset.val_size=256",
+                 "trainer.max_steps_per_epoch=0", "trainer.epochs=3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = read_results(run_dir)
+    assert res["top1_err"] < 0.5  # chance is 0.9
+
+
+def test_multirun_sweeps_every_combination(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = cnnbench("train", "-m", *TINY, "model=lenet5", "seed=0,1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    found = sorted(p.parent.name for p in sweep.rglob("results.json"))
+    assert len(found) == 2 and found[0].endswith("seed=0") and found[1].endswith("seed=1")
+    seeds = {read_results(sweep / name)["seed"] for name in found}
+    assert seeds == {0, 1}
+    # Different seeds, different initial weights: the losses differ.
+    losses = {read_results(sweep / name)["history"][0]["train_loss"] for name in found}
+    assert len(losses) == 2
+
+
+def test_help_lists_groups_and_options(tmp_path):
+    r = cnnbench("train", "--help", cwd=tmp_path)
+    assert r.returncode == 0
+    for line in ("model:", "lenet5", "resnet50", "dataset:", "fashion_mnist", "synthetic",
+                 "optimizer:", "adamw", "rmsprop", "scheduler:", "onecycle", "trainer:"):
+        assert line in r.stdout
+
+
+def test_default_config_is_lenet5_on_fashion_mnist():
+    from conftest import compose_cfg
+
+    cfg = compose_cfg()
+    assert (cfg.model.name, str(cfg.dataset.name), str(cfg.optimizer.name), str(cfg.scheduler.name)) == \
+        ("lenet5", "fashion_mnist", "sgd", "onecycle")
+    assert cfg.model.num_classes == cfg.dataset.num_classes == 10
+    cifar = compose_cfg("dataset=cifar100", "model=resnet18")
+    assert cifar.model.num_classes == 100 and cifar.model.in_channels == 3
