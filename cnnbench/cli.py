@@ -109,6 +109,30 @@ def _expand_sweeps(overrides: List[str], multirun: bool) -> List[List[str]]:
     return [list(c) for c in itertools.product(*choices)]
 
 
+_swept_keys: set = set()  # keys given several values on the command line (-m)
+
+
+def _sweep_subdir(task_overrides) -> str:
+    """A sweep job's folder name: only what differs between its jobs, e.g. model=resnet56,seed=1
+    (Hydra's override_dirname would repeat every fixed override too)."""
+    picked = sorted(o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") in _swept_keys)
+    return ",".join(picked).replace("/", "_") or "job"
+
+
+def _register_resolvers(overrides: List[str], multirun: bool) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    _swept_keys.clear()
+    if multirun:
+        try:
+            parsed = OverridesParser.create().parse_overrides(overrides)
+            _swept_keys.update(o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override())
+        except Exception:  # preflight reports bad syntax
+            pass
+    OmegaConf.register_new_resolver("cnnbench_sweep_subdir", _sweep_subdir, replace=True)
+
+
 def preflight(overrides: List[str], multirun: bool) -> None:
     """Compose and validate every job before Hydra creates any directory, so bad input leaves
     nothing behind and touches no earlier run."""
@@ -141,6 +165,9 @@ def preflight(overrides: List[str], multirun: bool) -> None:
             run.check_run_dir(cfg, Path(run_dir))
 
 
+_failed_jobs: List[str] = []  # in a sweep: the jobs that did not complete, for the exit status
+
+
 class _JobExit(SystemExit):
     """Raised by the task function to end `cnnbench train` with a status of its own choosing
     (Hydra lets SystemExit through; this subclass keeps it apart from Hydra's own exit 1)."""
@@ -163,7 +190,8 @@ def _task(cfg) -> Optional[dict]:
         if _debug():
             raise
         if sweeping:  # the sweep goes on; this job is reported and skipped
-            log.error(f"job {hc.job.override_dirname or hc.job.num} refused: {e}")
+            _failed_jobs.append(f"{run_dir.name}: {e}")
+            log.error(f"job {_failed_jobs[-1]}")
             return None
         raise _JobExit(_fail(str(e)))
     except KeyboardInterrupt:
@@ -174,7 +202,8 @@ def _task(cfg) -> Optional[dict]:
         message = (f"training failed: {type(e).__name__}: {e}. The run's record (status failed) is in "
                    f"{run_dir}. Run again with CNNBENCH_DEBUG=1 for the traceback.")
         if sweeping:
-            log.error(message)
+            _failed_jobs.append(f"{run_dir.name}: {message}")
+            log.error(f"job {_failed_jobs[-1]}")
             return None
         raise _JobExit(_fail(message, 1))
     _summary(results)
@@ -220,6 +249,7 @@ def train_main(args: List[str]) -> int:
 
     register_configs()
     parsed = get_args_parser().parse_args(args)
+    _register_resolvers(parsed.overrides, parsed.multirun)
     informational = parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.shell_completion
     if not informational:
         try:
@@ -229,6 +259,7 @@ def train_main(args: List[str]) -> int:
     main = hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")(_task)
     argv0 = sys.argv[0]
     sys.argv = ["cnnbench train", *args]
+    _failed_jobs.clear()
     try:
         main()
     except _JobExit as e:  # a job's own exit status
@@ -238,6 +269,9 @@ def train_main(args: List[str]) -> int:
         return 2 if e.code == 1 else (e.code or 0)
     finally:
         sys.argv[0] = argv0
+    if _failed_jobs:
+        return _fail(f"{len(_failed_jobs)} job(s) of the sweep did not complete (the others did): "
+                     + "; ".join(_failed_jobs), 1)
     return 0
 
 

@@ -134,7 +134,7 @@ def test_multirun_sweeps_every_combination(tmp_path):
     r = cnnbench("train", "-m", *TINY, "model=lenet5", "seed=0,1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     found = sorted(p.parent.name for p in sweep.rglob("results.json"))
-    assert len(found) == 2 and found[0].endswith("seed=0") and found[1].endswith("seed=1")
+    assert found == ["seed=0", "seed=1"]  # a job's folder names what differs, nothing else
     seeds = {read_results(sweep / name)["seed"] for name in found}
     assert seeds == {0, 1}
     # Different seeds, different initial weights: the losses differ.
@@ -159,3 +159,16 @@ def test_default_config_is_lenet5_on_fashion_mnist():
     assert cfg.model.num_classes == cfg.dataset.num_classes == 10
     cifar = compose_cfg("dataset=cifar100", "model=resnet18")
     assert cifar.model.num_classes == 100 and cifar.model.in_channels == 3
+
+
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    tiny = [a for a in TINY if not a.startswith("dataset=")]
+    r = cnnbench("train", "-m", *tiny, "dataset=mnist,synthetic", "dataset.root=nowhere",
+                 "dataset.download=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert r.returncode == 1
+    assert "1 job(s) of the sweep did not complete" in " ".join(r.stderr.split())
+    assert "Dataset 'mnist' not found" in r.stderr + r.stdout and "Traceback" not in r.stderr
+    done = [p.parent.name for p in sweep.rglob("results.json")]
+    assert done == ["dataset=synthetic"]
+    assert read_results(sweep / done[0])["status"] == "completed"
