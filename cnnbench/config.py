@@ -73,10 +73,12 @@ class ModelConf:
     # Architecture options. null means "the architecture's own default"; setting one that the
     # architecture does not have is an error, not silently ignored.
     norm: Optional[Norm] = None  # normalisation layer: batch | layer | instance | group | none
-    stem: Optional[Stem] = None  # imagenet (7x7/2 + pool) | small (3x3/1, for 28-32 px)
-    dropout: Optional[float] = None  # dropout probability before the classifier, in [0, 1)
+    stem: Optional[Stem] = None  # imagenet (4x early down-sampling) | small (none, for 28-32 px)
+    dropout: Optional[float] = None  # dropout probability where the paper puts it, in [0, 1)
     classic: Optional[bool] = None  # LeNet-5: tanh and average pooling, as in LeCun 1998
     zero_init_residual: Optional[bool] = None  # ResNet: start each residual branch's last norm at 0
+    alpha: Optional[float] = None  # MobileNet v1 width multiplier: alpha x the paper's channels
+    aux_logits: Optional[bool] = None  # GoogLeNet: the two auxiliary classifiers (training only)
 
 
 @dataclass

@@ -72,7 +72,7 @@ def test_markdown_and_csv_have_one_row_per_run(tmp_path):
     assert "| 10.00 |" in table[2]
     assert "| 0.557 |" in table[2]
     assert "| 11,173,962 |" in table[2]
-    assert "| 3.0 |" in table[2]
+    assert "| 3.00 |" in table[2]
     assert "| 512.0 |" in table[2]
 
 
