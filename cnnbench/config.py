@@ -79,6 +79,7 @@ class ModelConf:
     zero_init_residual: Optional[bool] = None  # ResNet: start each residual branch's last norm at 0
     alpha: Optional[float] = None  # MobileNet v1 width multiplier: alpha x the paper's channels
     aux_logits: Optional[bool] = None  # GoogLeNet: the two auxiliary classifiers (training only)
+    conv_impl: Optional[str] = None  # LeNet-5: torch (cuDNN/oneDNN) | im2col (the textbook reference)
 
 
 @dataclass

@@ -66,8 +66,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     model.train()
     n_steps = min(len(loader), step.max_steps) if step.max_steps else len(loader)
     warmup = min(10, n_steps // 10)  # steps left out of the throughput figure
-    totals = torch.zeros(3, device=step.device)  # loss sum, top-1 errors, images: whole epoch
-    window = torch.zeros(3, device=step.device)  # the same since the last log
+    totals = torch.zeros(2, device=step.device)  # loss sum, top-1 errors: whole epoch
+    window = torch.zeros(2, device=step.device)  # the same since the last log
+    images = window_images = 0
     t0 = t_warm = time.perf_counter()
     for i, (x, y) in enumerate(loader):
         if i == n_steps:
@@ -89,20 +90,21 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         global_step += 1
 
         logits = output[0] if isinstance(output, tuple) else output
-        with torch.no_grad():
-            batch = torch.stack([loss.detach().float() * len(y), topk_errors(logits, y, (1,))[0].float(),
-                                 torch.tensor(float(len(y)), device=step.device)])
-            window += batch
+        with torch.no_grad():  # two small device ops a step; no host sync
+            window += torch.stack([loss.detach().float() * len(y), (logits.argmax(1) != y).sum().float()])
+        window_images += len(y)
         if global_step % step.log_every == 0 or i == n_steps - 1:
-            loss_sum, errors, images = window.tolist()  # the one host sync per interval
-            on_log(global_step, {"train/loss": loss_sum / images, "train/top1_err": errors / images})
+            loss_sum, errors = window.tolist()  # the one host sync per interval
+            on_log(global_step, {"train/loss": loss_sum / window_images, "train/top1_err": errors / window_images})
             totals += window
+            images += window_images
             window.zero_()
+            window_images = 0
         on_step()
     _sync(step.device)
     t1 = time.perf_counter()
-    loss_sum, errors, images = totals.tolist()
-    steady = (n_steps - warmup) * (images / max(n_steps, 1))
+    loss_sum, errors = totals.tolist()
+    steady = (n_steps - warmup) * (images / max(n_steps, 1))  # images after the warm-up steps
     return {"loss": loss_sum / max(images, 1), "top1_err": errors / max(images, 1), "images": int(images),
             "seconds": t1 - t0, "images_per_s": steady / (t1 - t_warm) if t1 > t_warm else None,
             "global_step": global_step}
