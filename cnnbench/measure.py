@@ -19,11 +19,20 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def count_params(model: nn.Module) -> Tuple[int, int, int]:
-    """(parameters, trainable parameters, parameter bytes)."""
-    params = list(model.parameters())
+def count_params(model: nn.Module) -> Tuple[int, int, int, int]:
+    """(parameters, trainable parameters, parameter bytes, training-only parameters).
+
+    The first three count the network as it runs for inference: submodules a model lists in
+    `training_only` (GoogLeNet's auxiliary classifiers) are left out and counted in the fourth."""
+    prefixes = tuple(f"{name}." for name in getattr(model, "training_only", ()))
+    params, extra = [], 0
+    for name, p in model.named_parameters():
+        if name.startswith(prefixes):
+            extra += p.numel()
+        else:
+            params.append(p)
     return (sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad),
-            sum(p.numel() * p.element_size() for p in params))
+            sum(p.numel() * p.element_size() for p in params), extra)
 
 
 def count_macs(build: Callable[[], nn.Module], input_shape: Tuple[int, int, int]) -> int:
@@ -32,11 +41,16 @@ def count_macs(build: Callable[[], nn.Module], input_shape: Tuple[int, int, int]
     The model is built on the meta device: shapes only, no memory, no arithmetic, so even VGG at
     224 px is counted in milliseconds."""
     with torch.device("meta"):
-        model = build().eval()
-        x = torch.empty(1, *input_shape)
+        model = build()
+    return count_macs_of(model, input_shape)
+
+
+def count_macs_of(model: nn.Module, input_shape: Tuple[int, int, int]) -> int:
+    """count_macs for a model already built (on any device; meta is fastest)."""
+    device = next(model.parameters()).device
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(x)
+        model.eval()(torch.empty(1, *input_shape, device=device))
     return counter.get_total_flops() // 2
 
 

@@ -258,7 +258,9 @@ def compare_main(paths: list[str], out: str | None) -> int:
 def models_table(pattern: str = "*", input_shape: tuple | None = None, classes: int | None = None) -> Table:
     """`cnnbench models`: every registered architecture with its parameters and GMACs, counted on
     the meta device (shapes only, no arithmetic), at each paper's input or at input_shape."""
-    from cnnbench.measure import count_macs
+    import torch
+
+    from cnnbench.measure import count_macs_of, count_params
     from cnnbench.models import create_model, get_model_info, list_models
 
     names = list_models(pattern)
@@ -275,18 +277,14 @@ def models_table(pattern: str = "*", input_shape: tuple | None = None, classes: 
         n_classes = classes or info.default_classes
         min_px = info.min_input()
 
-        def build():
-            return create_model(name, num_classes=n_classes, in_channels=shape[0])
-
         if not min_px <= shape[1] <= (info.max_size or shape[1]):
             fits = f"{min_px}" if info.max_size == min_px else f"{min_px}-{info.max_size}" if info.max_size else f"{min_px}+"
             params, macs = "—", f"needs {fits} px"
         else:
-            import torch
-
-            with torch.device("meta"):
-                params = f"{sum(p.numel() for p in build().parameters()):,}"
-            macs = gmacs(count_macs(build, shape))
+            with torch.device("meta"):  # shapes only: no memory, no arithmetic
+                model = create_model(name, num_classes=n_classes, in_channels=shape[0])
+            params = f"{count_params(model)[0]:,}"  # for inference: no auxiliary heads
+            macs = gmacs(count_macs_of(model, shape))
         table.add_row(name, info.family, str(info.year), Text(info.paper), "x".join(map(str, shape)),
                       str(n_classes), params, macs, str(min_px))
     print_table(table)

@@ -308,7 +308,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         return create_model(m.name, num_classes=num_classes, in_channels=data.in_channels, **options)
 
     model = build().to(device)
-    params, trainable, param_bytes = measure.count_params(model)
+    params, trainable, param_bytes, training_only = measure.count_params(model)
     macs = measure.count_macs(build, input_shape)
     act_bytes = measure.activation_bytes(build, input_shape)
 
@@ -323,7 +323,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     results: Dict[str, Any] = {
         "status": "running", "error": None, "run_dir": str(run.dir.resolve()),
         "model": m.name, "dataset": _value(d.name), "optimizer": _value(o.name), "seed": cfg.seed,
-        "params": params, "trainable_params": trainable,
+        "params": params, "trainable_params": trainable,  # for inference (no auxiliary heads)
+        "training_only_params": training_only,  # e.g. GoogLeNet's auxiliary classifiers
         "macs": macs, "flops": 2 * macs,  # per image, forward pass; FLOPs = 2 x MACs
         "activation_bytes": act_bytes, "param_bytes": param_bytes,
         "peak_memory_bytes": None, "peak_memory_kind": None, "train_images_per_s": None,

@@ -26,7 +26,15 @@ def test_activation_bytes_count_saved_tensors_once_without_parameters():
 def test_count_params_and_bytes():
     model = nn.Linear(10, 3)
     model.bias.requires_grad_(False)
-    assert measure.count_params(model) == (33, 30, 132)
+    assert measure.count_params(model) == (33, 30, 132, 0)
+
+
+def test_training_only_heads_are_counted_apart():
+    from cnnbench.models import create_model
+
+    with torch.device("meta"):
+        params, trainable, _, aux = measure.count_params(create_model("googlenet"))
+    assert (params, trainable, aux) == (6_624_904, 6_624_904, 13_004_888 - 6_624_904)
 
 
 def test_environment_names_the_versions():

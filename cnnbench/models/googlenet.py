@@ -82,6 +82,9 @@ class GoogLeNet(nn.Module):
     In training mode with `aux_logits`, forward returns `(logits, [aux1, aux2])`; otherwise logits.
     """
 
+    # Submodules used only in training: left out of the parameters cnnbench reports for inference.
+    training_only = ("aux1", "aux2")
+
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, norm: str = "batch",
                  dropout: float = 0.4, aux_logits: bool = True):
         super().__init__()

@@ -9,6 +9,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from cnnbench.models.im2col import Im2colConv2d
+
 NormLayer = Callable[[int], nn.Module]  # channels -> normalisation module
 
 
@@ -32,6 +34,20 @@ def get_norm_layer(name: Optional[str]) -> NormLayer:
     if name not in _NORMS:
         raise ValueError(f"unknown norm {name!r}; choose one of {', '.join(_NORMS)}")
     return _NORMS[name]
+
+
+_CONVS = {
+    "torch": nn.Conv2d,  # PyTorch's own: oneDNN on the CPU, cuDNN on the GPU
+    "im2col": Im2colConv2d,  # the textbook reference: im2col + one matrix product (im2col.py)
+}
+
+
+def get_conv_layer(name: Optional[str]) -> Callable[..., nn.Conv2d]:
+    """'torch' | 'im2col' -> a class with nn.Conv2d's constructor and parameters."""
+    name = name or "torch"
+    if name not in _CONVS:
+        raise ValueError(f"unknown conv_impl {name!r}; choose one of {', '.join(_CONVS)}")
+    return _CONVS[name]
 
 
 class ConvNormAct(nn.Sequential):
