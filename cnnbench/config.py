@@ -36,6 +36,11 @@ class Norm(Choice):
     none = "none"
 
 
+class Freeze(Choice):
+    none = "none"  # train every layer
+    backbone = "backbone"  # train only the classifier (a linear probe of the loaded features)
+
+
 class Stem(Choice):
     imagenet = "imagenet"  # 7x7 stride-2 conv + 3x3 max-pool: 4x down-sampling, for 224 px
     small = "small"  # 3x3 stride-1 conv, no pool: for 28-32 px images (CIFAR, MNIST)
@@ -80,6 +85,9 @@ class ModelConf:
     alpha: Optional[float] = None  # MobileNet v1 width multiplier: alpha x the paper's channels
     aux_logits: Optional[bool] = None  # GoogLeNet: the two auxiliary classifiers (training only)
     conv_impl: Optional[str] = None  # LeNet-5: torch (cuDNN/oneDNN) | im2col (the textbook reference)
+    # Transfer learning (any architecture)
+    weights: Optional[str] = None  # a .pth state dict to start from (torchvision's files load too)
+    freeze: Freeze = Freeze.none  # none | backbone: train only the classifier
 
 
 @dataclass

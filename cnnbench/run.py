@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnbench import engine, measure, track
 from cnnbench.errors import CnnbenchError
-from cnnbench.models import create_model, get_model_info
+from cnnbench.models import create_model, get_model_info, weights
 
 log = logging.getLogger("cnnbench")
 
@@ -53,7 +53,7 @@ def _value(x):
 
 def model_options(model_cfg) -> Dict[str, Any]:
     """The architecture options set in the config (null = the architecture's default)."""
-    skip = {"name", "num_classes", "in_channels"}
+    skip = {"name", "num_classes", "in_channels", "weights", "freeze"}  # not the builder's
     return {k: _value(v) for k, v in model_cfg.items() if k not in skip and v is not None}
 
 
@@ -102,6 +102,8 @@ def validate(cfg: DictConfig) -> None:
                        ("dataset.num_workers", d.num_workers)]:
         if value < 0:
             raise CnnbenchError(f"{key}={value} is negative. Set it to 0 or more.")
+    if m.weights is not None and not Path(m.weights).expanduser().is_file():
+        raise CnnbenchError(f"model.weights={m.weights}: no such file. Give the path of a .pth state dict.")
     for key, value in [("model.dropout", m.dropout), ("trainer.label_smoothing", t.label_smoothing)]:
         if value is not None and not 0 <= value < 1:
             raise CnnbenchError(f"{key}={value} is outside [0, 1). Use a probability such as 0.5.")
@@ -307,7 +309,17 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     def build():
         return create_model(m.name, num_classes=num_classes, in_channels=data.in_channels, **options)
 
-    model = build().to(device)
+    model = build()
+    if m.weights or _value(m.freeze) == "backbone":
+        heads = weights.final_layers(build, input_shape)
+        if m.weights:
+            reinit = weights.load_weights(model, str(Path(m.weights).expanduser()), heads)
+            log.info(f"Loaded {m.weights}" + (f"; new {num_classes}-class classifier: {', '.join(reinit)}"
+                                             if reinit else ""))
+        if _value(m.freeze) == "backbone":
+            weights.freeze_backbone(model, heads)
+            log.info(f"Training only {', '.join(heads)}; the rest is frozen.")
+    model = model.to(device)
     params, trainable, param_bytes, training_only = measure.count_params(model)
     macs = measure.count_macs(build, input_shape)
     act_bytes = measure.activation_bytes(build, input_shape)
@@ -348,7 +360,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         prior_wall = results["wall_time_s"]
         log.info(f"Resuming {run.dir} at epoch {start_epoch + 1}, step {global_step}.")
 
-    log.info(f"{m.name}: {params:,} parameters, {macs / 1e9:.3f} GMACs/image at {image_size} px; "
+    from cnnbench.report import gmacs
+
+    log.info(f"{m.name}: {params:,} parameters, {gmacs(macs)} GMACs/image at {image_size} px; "
              f"{_value(d.name)} ({data.train_size:,} train / {data.val_size:,} val, {data.source}) "
              f"on {device}")
     run.dir.mkdir(parents=True, exist_ok=True)
