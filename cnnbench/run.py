@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnbench import engine, measure, track
 from cnnbench.errors import CnnbenchError
 from cnnbench.models import create_model, get_model_info, weights
+from cnnbench.report import gmacs
 
 log = logging.getLogger("cnnbench")
 
@@ -359,8 +360,6 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         results.update(state["results"])
         prior_wall = results["wall_time_s"]
         log.info(f"Resuming {run.dir} at epoch {start_epoch + 1}, step {global_step}.")
-
-    from cnnbench.report import gmacs
 
     log.info(f"{m.name}: {params:,} parameters, {gmacs(macs)} GMACs/image at {image_size} px; "
              f"{_value(d.name)} ({data.train_size:,} train / {data.val_size:,} val, {data.source}) "

@@ -120,3 +120,19 @@ class DepthwiseSeparable(nn.Sequential):
         super().__init__(OrderedDict(
             dw=DepthwiseConv(in_ch, kernel_size, stride, norm_layer, act_layer),
             pw=PointwiseConv(in_ch, out_ch, norm_layer, act_layer)))
+
+
+def init_weights(model: nn.Module, linear_std: float = 0.01) -> None:
+    """torchvision's initialisation for VGG and MobileNet: He-normal convolutions (fan-out, He et
+    al. 2015b), norms at scale 1 and shift 0, linear layers N(0, linear_std), biases 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, linear_std)
+            nn.init.zeros_(m.bias)

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from cnnbench.models.layers import (ConvNormAct, DepthwiseConv, DepthwiseSeparable, GlobalAvgPool, NormLayer,
-                                    PointwiseConv, get_norm_layer, is_small_stem)
+                                    PointwiseConv, get_norm_layer, init_weights, is_small_stem)
 from cnnbench.models.registry import register_model
 
 # ---------------------------------------------------------------------------------------------
@@ -57,15 +57,7 @@ class MobileNetV1(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(ch, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)) and m.affine:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)  # torchvision's initialisation
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)  # (B, 1024 alpha, H/32, W/32), or H/8 with the small stem
@@ -126,15 +118,7 @@ class MobileNetV2(nn.Module):
         self.avgpool = GlobalAvgPool()
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
 
-        for m in self.modules():  # torchvision's initialisation
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)) and m.affine:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)  # torchvision's initialisation
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)  # (B, 1280, H/32, W/32), or H/8 with the small stem

@@ -13,7 +13,7 @@ from typing import List, Optional, Union
 import torch
 import torch.nn as nn
 
-from cnnbench.models.layers import NormLayer, get_norm_layer, is_small_stem
+from cnnbench.models.layers import NormLayer, get_norm_layer, init_weights, is_small_stem
 from cnnbench.models.registry import register_model
 
 # Table 1: numbers are 3x3 convolution widths, "M" a 2x2/2 max-pool.
@@ -58,16 +58,7 @@ class VGG(nn.Module):
             nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(4096, num_classes),
         )
-        for m in self.modules():  # torchvision's initialisation (the paper grew D and E from A)
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)) and m.affine:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)  # torchvision's initialisation
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)  # (B, 512, H/32, W/32) or (B, 512, H/8, W/8) with the small stem
