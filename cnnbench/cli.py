@@ -264,6 +264,8 @@ def train_main(args: List[str]) -> int:
         main()
     except _JobExit as e:  # a job's own exit status
         return e.code
+    except ValueError as e:  # Hydra's refusal of flag combinations, e.g. --cfg with -m
+        return _fail(f"{e}. See `cnnbench train --help`.")
     except SystemExit as e:
         # Hydra exits 1 on errors it reports itself (composition): that is bad input here.
         return 2 if e.code == 1 else (e.code or 0)

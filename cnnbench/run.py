@@ -137,6 +137,14 @@ def validate(cfg: DictConfig) -> None:
     if sname == "cosine" and (s.warmup_epochs < 0 or not 0 <= s.min_lr_ratio <= 1):
         raise CnnbenchError("scheduler.warmup_epochs must be >= 0 and scheduler.min_lr_ratio in [0, 1].")
 
+    # The builder's own checks (option values such as model.alpha=0), on the meta device: no memory
+    try:
+        with torch.device("meta"):
+            create_model(m.name, num_classes=m.num_classes or 2, in_channels=m.in_channels, **options)
+    except (ValueError, TypeError, AssertionError) as e:
+        raise CnnbenchError(f"{m.name} cannot be built with {', '.join(f'model.{k}={v}' for k, v in options.items())}: "
+                            f"{e}. Change the value (conf/model/{m.name}.yaml lists the defaults).") from None
+
     # Input size against the architecture
     min_size = info.min_input(**options)
     size = image_size_for(cfg)

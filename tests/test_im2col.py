@@ -14,8 +14,7 @@ from cnnbench.models.im2col import Im2colConv2d, im2col_conv2d
 
 from conftest import TINY, cnnbench, read_results
 
-# (in channels, out channels, groups): full, two groups, depthwise, depthwise with multiplier 2
-GROUPINGS = {"g1": (4, 6, 1), "g2": (4, 6, 2), "depthwise": (4, 4, 4), "depthwise_x2": (4, 8, 4)}
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """These tensors are tiny: a second OpenMP thread only adds synchronisation (tens of ms per
@@ -26,6 +25,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+# (in channels, out channels, groups): full, two groups, depthwise, depthwise with multiplier 2
+GROUPINGS = {"g1": (4, 6, 1), "g2": (4, 6, 2), "depthwise": (4, 4, 4), "depthwise_x2": (4, 8, 4)}
 GRID = list(itertools.product([1, 2], [0, 1, 2], GROUPINGS, [1, 3, 5], [1, 3]))
 
 

@@ -77,9 +77,13 @@ def _load_mnist_like(name: str, root: Path, download: bool):
             getattr(tvd, tv_name)(str(root), train=True, download=True)
             getattr(tvd, tv_name)(str(root), train=False, download=True)
         except Exception as e:  # offline, proxy, disk: report with the fixes below
-            _missing(name, candidates, f"the download failed ({type(e).__name__}: {e})")
+            _missing(name, candidates, f"the download failed ({_one_line(e)})")
         return _load_mnist_like(name, root, download=False)
     _missing(name, candidates, "download is off (dataset.download=false)")
+
+
+def _one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
 def _missing(name: str, tried: List[Path], why: str):
@@ -106,9 +110,9 @@ def _load_cifar(name: str, root: Path, download: bool):
         tr = cls(str(root), train=True, download=download)
         va = cls(str(root), train=False, download=download)
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted."
-        _missing(name, [folder], f"torchvision could not read it ({e})")
+        _missing(name, [folder], f"torchvision could not read it ({_one_line(e)})")
     except Exception as e:  # urllib errors when offline
-        _missing(name, [folder], f"the download failed ({type(e).__name__}: {e})")
+        _missing(name, [folder], f"the download failed ({_one_line(e)})")
 
     def to_tensors(ds):  # (N, 32, 32, 3) uint8 numpy -> (N, 3, 32, 32)
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
