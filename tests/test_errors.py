@@ -36,9 +36,9 @@ BAD_TRAIN_INPUTS = [
     (["trainer.device=tpu"], "trainer.device='tpu' is not a device"),
     (["-m", "model=lenet5,nosuchnet"], "Unknown model 'nosuchnet'"),
     (["optimizer.lr=0.1=2"], "Cannot read the command line"),
-    (["model=mobilenet_v1", "model.alpha=0"], "mobilenet_v1 cannot be built with model.alpha=0"),
+    (["model=mobilenet_v1", "model.alpha=0"], "alpha (width multiplier) must be positive, got 0.0"),
     (["model.conv_impl=winograd"], "lenet5 cannot be built with"),
-    (["-m", "--cfg", "job", "seed=1,2"], "--cfg"),
+    (["-m", "--cfg=job", "seed=1,2"], "Only one of --run, --multirun, --cfg"),
 ]
 
 
