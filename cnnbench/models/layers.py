@@ -122,6 +122,45 @@ class DepthwiseSeparable(nn.Sequential):
             pw=PointwiseConv(in_ch, out_ch, norm_layer, act_layer)))
 
 
+class GroupedConv(ConvNormAct):
+    """A convolution split into `groups` independent slices of the channels: 1/groups of the
+    weights and multiply-adds. AlexNet's two-GPU towers (Krizhevsky et al. 2012, Fig. 2) and
+    ResNeXt's cardinality (Xie et al. 2017) are this layer; groups = channels is depthwise."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, groups: int = 2,
+                 norm_layer: Optional[NormLayer] = nn.BatchNorm2d,
+                 act_layer: Optional[Callable[..., nn.Module]] = nn.ReLU):
+        if in_ch % groups or out_ch % groups:
+            raise ValueError(f"groups={groups} must divide both {in_ch} and {out_ch} channels")
+        super().__init__(in_ch, out_ch, kernel_size, stride, groups, norm_layer, act_layer)
+
+
+class TransposedConvUp(nn.Sequential):
+    """Learned up-sampling by `scale` with a transposed convolution (the gradient of a strided
+    convolution; Zeiler et al. 2010, Long et al. 2015 "Fully Convolutional Networks"), then norm
+    and activation. Kernel 2 x scale with padding scale / 2 gives exactly H x scale."""
+
+    def __init__(self, in_ch: int, out_ch: int, scale: int = 2,
+                 norm_layer: Optional[NormLayer] = nn.BatchNorm2d,
+                 act_layer: Optional[Callable[..., nn.Module]] = nn.ReLU):
+        layers = [nn.ConvTranspose2d(in_ch, out_ch, 2 * scale, stride=scale, padding=scale // 2,
+                                     bias=norm_layer is None)]
+        layers += [norm_layer(out_ch)] if norm_layer is not None else []
+        layers += [act_layer()] if act_layer is not None else []
+        super().__init__(*layers)
+
+
+class PixelShuffleUp(nn.Sequential):
+    """Sub-pixel up-sampling by `scale` (Shi et al. 2016, "Real-Time Single Image and Video
+    Super-Resolution Using an Efficient Sub-Pixel CNN"): a convolution at low resolution makes
+    out_ch x scale^2 channels, and PixelShuffle rearranges them into a scale-times larger map.
+    (B, C, H, W) -> (B, out_ch, H * scale, W * scale)."""
+
+    def __init__(self, in_ch: int, out_ch: int, scale: int = 2, kernel_size: int = 3):
+        super().__init__(nn.Conv2d(in_ch, out_ch * scale * scale, kernel_size, padding=kernel_size // 2),
+                         nn.PixelShuffle(scale))
+
+
 def init_weights(model: nn.Module, linear_std: float = 0.01) -> None:
     """torchvision's initialisation for VGG and MobileNet: He-normal convolutions (fan-out, He et
     al. 2015b), norms at scale 1 and shift 0, linear layers N(0, linear_std), biases 0."""
