@@ -87,7 +87,7 @@ def _one_line(e: Exception) -> str:
 
 
 def _missing(name: str, tried: List[Path], why: str):
-    fixes = [f"point dataset.root at a folder holding the files (or set CNNBENCH_DATA)",
+    fixes = ["point dataset.root at a folder holding the files (or set CNNBENCH_DATA)",
              "connect to the network and keep dataset.download=true",
              "or try cnnbench without files: dataset=synthetic"]
     if name == "fashion_mnist":
