@@ -2,6 +2,7 @@
 
     cnnbench train [-m] [GROUP=OPTION ...] [KEY=VALUE ...]   Hydra overrides; -m sweeps
     cnnbench compare [PATH ...] [--out DIR]                  one table of every run below PATHs
+    cnnbench profile [--layers] [KEY=VALUE ...]               cost without training
     cnnbench models [PATTERN] [--input CxHxW] [--classes N]  the architectures cnnbench knows
 
 Bad input exits with status 2 and a one-paragraph message; tracebacks only with
@@ -29,6 +30,7 @@ USAGE = """usage: cnnbench COMMAND [ARGS]
 
 commands:
   train     train a configuration (Hydra overrides: model=resnet18 dataset=cifar10 ...; -m to sweep)
+  profile   cost without training: params, MACs, memory, latency and throughput per batch size
   compare   one table of every run found below the given paths (default: outputs/)
   models    list the architectures, with parameters and GMACs
 
@@ -173,8 +175,11 @@ class _JobExit(SystemExit):
     (Hydra lets SystemExit through; this subclass keeps it apart from Hydra's own exit 1)."""
 
 
+_COMMAND = {"name": "train"}  # which command the Hydra task runs: train or profile
+
+
 def _task(cfg) -> Optional[dict]:
-    """Hydra's task function: one job."""
+    """Hydra's task function: one job of `cnnbench train` or `cnnbench profile`."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -183,8 +188,9 @@ def _task(cfg) -> Optional[dict]:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     sweeping = hc.mode == RunMode.MULTIRUN
+    command = _COMMAND["name"]
     try:
-        results = run.train(cfg, run_dir)
+        results = run.train(cfg, run_dir) if command == "train" else run.profile(cfg, run_dir)
     except CnnbenchError as e:
         _remove_if_empty(run_dir)
         if _debug():
@@ -199,14 +205,20 @@ def _task(cfg) -> Optional[dict]:
     except Exception as e:
         if _debug():
             raise
-        message = (f"training failed: {type(e).__name__}: {e}. The run's record (status failed) is in "
-                   f"{run_dir}. Run again with CNNBENCH_DEBUG=1 for the traceback.")
+        record = " The run's record (status failed) is in " + str(run_dir) + "." if command == "train" else ""
+        message = (f"{command} failed: {type(e).__name__}: {e}.{record} Run again with CNNBENCH_DEBUG=1 "
+                   f"for the traceback.")
         if sweeping:
             _failed_jobs.append(f"{run_dir.name}: {message}")
             log.error(f"job {_failed_jobs[-1]}")
             return None
         raise _JobExit(_fail(message, 1))
-    _summary(results)
+    if command == "train":
+        _summary(results)
+    else:
+        from cnnbench.report import profile_tables
+
+        profile_tables(results)
     return results
 
 
@@ -242,6 +254,22 @@ def _summary(r: dict) -> None:
 
 
 def train_main(args: List[str]) -> int:
+    return hydra_main("train", args)
+
+
+def profile_main(args: List[str]) -> int:
+    """`cnnbench profile [--layers] [overrides]`: the cost of the composed model, without training.
+    Runs land in outputs/profiles/ unless hydra.run.dir says otherwise."""
+    args = ["profile.layers=true" if a == "--layers" else a for a in args]
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        args.append("hydra.run.dir=outputs/profiles/${now:%Y-%m-%d_%H-%M-%S}_${model.name}")
+    if not any(a.startswith("hydra.sweep.dir=") for a in args):
+        args.append("hydra.sweep.dir=outputs/profiles/${now:%Y-%m-%d_%H-%M-%S}")
+    return hydra_main("profile", args)
+
+
+def hydra_main(command: str, args: List[str]) -> int:
+    """Check every job, then hand the command line to Hydra, which runs `command` per job."""
     import hydra
     from hydra._internal.utils import get_args_parser
 
@@ -258,14 +286,15 @@ def train_main(args: List[str]) -> int:
             return _fail(str(e))
     main = hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")(_task)
     argv0 = sys.argv[0]
-    sys.argv = ["cnnbench train", *args]
+    sys.argv = [f"cnnbench {command}", *args]
+    _COMMAND["name"] = command
     _failed_jobs.clear()
     try:
         main()
     except _JobExit as e:  # a job's own exit status
         return e.code
     except ValueError as e:  # Hydra's refusal of flag combinations, e.g. --cfg with -m
-        return _fail(f"{e}. See `cnnbench train --help`.")
+        return _fail(f"{e}. See `cnnbench {command} --help`.")
     except SystemExit as e:
         # Hydra exits 1 on errors it reports itself (composition): that is bad input here.
         return 2 if e.code == 1 else (e.code or 0)
@@ -314,7 +343,7 @@ def models_cli(args: List[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": train_main, "compare": compare_cli, "models": models_cli}
+COMMANDS = {"train": train_main, "profile": profile_main, "compare": compare_cli, "models": models_cli}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -152,12 +152,25 @@ class TrainerConf:
 
 
 @dataclass
+class ProfileConf:
+    """`cnnbench profile`: cost without training."""
+
+    batch_sizes: List[int] = field(default_factory=lambda: [1, 32])  # images per timed batch
+    warmup: int = 3  # untimed iterations before each timing (allocator, cuDNN autotuning)
+    repeats: int = 10  # timed iterations per batch size; medians are reported
+    train_step: bool = True  # also time forward + backward + optimizer step
+    layers: bool = False  # print a per-layer table: output shape, parameters, MACs, activation bytes
+    find_max_batch: bool = False  # CUDA: the largest training batch that fits in memory
+
+
+@dataclass
 class Config:
     model: ModelConf = field(default_factory=ModelConf)
     dataset: DatasetConf = field(default_factory=DatasetConf)
     optimizer: OptimizerConf = field(default_factory=OptimizerConf)
     scheduler: SchedulerConf = field(default_factory=SchedulerConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
+    profile: ProfileConf = field(default_factory=ProfileConf)
     seed: int = 0  # seeds Python, NumPy and torch (weights, data order, augmentation)
 
 

@@ -10,8 +10,10 @@ import os
 import platform
 import resource
 import socket
+import statistics
 import subprocess
 import sys
+import time
 from typing import Callable, Dict, Tuple
 
 import torch
@@ -114,3 +116,124 @@ def environment(device: torch.device) -> dict:
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
     }
+
+
+def count_train_macs(build: Callable[[], nn.Module], input_shape: Tuple[int, int, int]) -> int:
+    """MACs of one training step's forward + backward for one image (training mode, so auxiliary
+    heads count), on the meta device. About 3 x the forward: backward computes the gradients of
+    both the inputs and the weights of each layer."""
+    with torch.device("meta"):
+        model = build().train()
+        x = torch.empty(2, *input_shape)  # 2: BatchNorm needs more than one value per channel
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = model(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        (logits.sum() + sum(a.sum() for a in (out[1] if isinstance(out, tuple) else []))).backward()
+    return counter.get_total_flops() // 2 // 2
+
+
+def layer_table(build: Callable[[], nn.Module], input_shape: Tuple[int, int, int]) -> list:
+    """One row per leaf module, in execution order: name, output shape (one image), parameters,
+    MACs and output bytes (fp32), measured on the meta device in evaluation mode."""
+    with torch.device("meta"):
+        model = build().eval()
+    rows = []
+
+    def hook(module, inputs, output, name):
+        if isinstance(output, torch.Tensor):
+            rows.append({"name": name, "type": type(module).__name__, "output_shape": list(output.shape[1:]),
+                         "params": sum(p.numel() for p in module.parameters(recurse=False)),
+                         "activation_bytes": output[0].numel() * 4})
+
+    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
+    handles = [m.register_forward_hook(lambda mod, i, o, n=n: hook(mod, i, o, n)) for n, m in leaves]
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.empty(1, *input_shape, device="meta"))
+    for h in handles:
+        h.remove()
+    prefix = type(model).__name__ + "."
+    flops = {k.removeprefix(prefix): sum(v.values()) for k, v in counter.get_flop_counts().items()}
+    for row in rows:
+        row["macs"] = flops.get(row["name"], 0) // 2
+    return rows
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_it(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median seconds of fn() over `repeats` calls after `warmup` untimed ones. On CUDA each call
+    is bracketed by CUDA events, so the figure is GPU time, not launch time."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)  # ms -> s
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def speed(model: nn.Module, input_shape: Tuple[int, int, int], batch: int, device: torch.device,
+          warmup: int, repeats: int, train_step: bool) -> dict:
+    """Inference latency and throughput, and training-step throughput, at one batch size; on
+    CUDA also the peak memory of the training step."""
+    x = torch.randn(batch, *input_shape, device=device)
+    y = torch.zeros(batch, dtype=torch.long, device=device)
+    model.eval()
+    with torch.no_grad():
+        infer = time_it(lambda: model(x), device, warmup, repeats)
+    row = {"batch_size": batch, "latency_ms": 1000 * infer, "infer_images_per_s": batch / infer,
+           "train_step_ms": None, "train_images_per_s": None, "peak_memory_bytes": None}
+    if train_step and batch > 1:  # BatchNorm cannot train on one image
+        from cnnbench.engine import classification_loss
+
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-9)
+        model.train()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            classification_loss(model(x), y).backward()
+            opt.step()
+
+        t = time_it(step, device, warmup, repeats)
+        row.update(train_step_ms=1000 * t, train_images_per_s=batch / t)
+        if device.type == "cuda":
+            row["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+    return row
+
+
+def max_train_batch(model: nn.Module, input_shape: Tuple[int, int, int], device: torch.device,
+                    limit: int = 65536) -> int:
+    """CUDA: the largest training batch whose step fits in memory (doubling, then bisection)."""
+    def fits(batch: int) -> bool:
+        try:
+            speed(model, input_shape, batch, device, warmup=0, repeats=1, train_step=True)
+            return True
+        except torch.cuda.OutOfMemoryError:
+            return False
+        finally:
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+
+    lo, hi = 1, 2
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo

@@ -289,3 +289,33 @@ def models_table(pattern: str = "*", input_shape: tuple | None = None, classes: 
                       str(n_classes), params, macs, str(min_px))
     print_table(table)
     return table
+
+
+def profile_tables(r: dict) -> None:
+    """`cnnbench profile`: the cost summary, one row per batch size, and the per-layer table."""
+    mib = 2**-20
+    summary = Table(title=f"{r['model']} at {'x'.join(map(str, r['input_shape']))} on {r['device']}",
+                    show_header=False)
+    for k, v in [("parameters", f"{r['params']:,} ({r['param_bytes'] * mib:,.1f} MiB)"),
+                 ("MACs / FLOPs per image, forward", f"{gmacs(r['macs'])} G / {gmacs(r['flops'])} G"),
+                 ("MACs per image, forward + backward", f"{gmacs(r['train_macs'])} G"),
+                 ("activations kept for backward", f"{r['activation_bytes'] * mib:,.2f} MiB per image"),
+                 ("largest training batch", str(r["max_train_batch"] or "— (profile.find_max_batch, CUDA)"))]:
+        summary.add_row(k, v)
+    print_table(summary)
+    speed = Table(title="speed (medians, warm-up excluded)")
+    for h in ("batch", "latency ms", "inference img/s", "train step ms", "train img/s", "peak MiB"):
+        speed.add_column(h, justify="right")
+    for b in r["batches"]:
+        speed.add_row(str(b["batch_size"]), _fmt(b["latency_ms"], ",.2f"), _fmt(b["infer_images_per_s"], ",.0f"),
+                      _fmt(b["train_step_ms"], ",.2f"), _fmt(b["train_images_per_s"], ",.0f"),
+                      _fmt(b["peak_memory_bytes"], ",.0f", mib))
+    print_table(speed)
+    if r["layers"]:
+        layers = Table(title="layers (one image, evaluation mode)")
+        for h in ("name", "type", "output", "params", "MACs", "output KiB"):
+            layers.add_column(h, justify="right" if h in ("params", "MACs", "output KiB") else "left")
+        for row in r["layers"]:
+            layers.add_row(row["name"], row["type"], "x".join(map(str, row["output_shape"])), f"{row['params']:,}",
+                           f"{row['macs']:,}", f"{row['activation_bytes'] / 1024:,.1f}")
+        print_table(layers)

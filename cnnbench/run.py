@@ -6,6 +6,7 @@ so the CLI can refuse bad input before Hydra creates a run directory.
 """
 
 import difflib
+import json
 import logging
 import math
 import os
@@ -155,6 +156,12 @@ def validate(cfg: DictConfig) -> None:
     if info.max_size and size > info.max_size:
         raise CnnbenchError(f"dataset.image_size={size} is too large for {m.name}, which takes "
                             f"{info.max_size} px. Set dataset.image_size={info.max_size}.")
+
+    p = cfg.profile
+    if not p.batch_sizes or min(p.batch_sizes) < 1 or p.repeats < 1 or p.warmup < 0:
+        raise CnnbenchError(f"profile.batch_sizes={list(p.batch_sizes)}, profile.repeats={p.repeats}, "
+                            f"profile.warmup={p.warmup}: batch sizes and repeats must be at least 1 and "
+                            f"warmup at least 0, e.g. profile.batch_sizes=[1,32,128].")
 
     # Device
     dev = t.device
@@ -493,3 +500,55 @@ class _progress:
         if self.enabled:
             self.bar.stop()
         return False
+
+
+def profile(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
+    """`cnnbench profile`: what the composed model costs, measured without training or data.
+    Writes profile.json and TensorBoard scalars (x axis: batch size) into run_dir."""
+    validate(cfg)
+    m, d, t, p = cfg.model, cfg.dataset, cfg.trainer, cfg.profile
+    device = resolve_device(t.device)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not t.deterministic
+    _seed_everything(cfg.seed)
+    image_size = image_size_for(cfg)
+    input_shape = (m.in_channels, image_size, image_size)
+    num_classes = m.num_classes or 1000  # imagefolder counts its folders; any count costs alike
+    options = model_options(m)
+
+    def build():
+        return create_model(m.name, num_classes=num_classes, in_channels=m.in_channels, **options)
+
+    model = build().to(device)
+    params, trainable, param_bytes, training_only = measure.count_params(model)
+    macs = measure.count_macs(build, input_shape)
+    train_macs = measure.count_train_macs(build, input_shape)
+    log.info(f"Profiling {m.name} at {'x'.join(map(str, input_shape))} on {device}: {params:,} parameters, "
+             f"{gmacs(macs)} GMACs/image")
+    rows = [measure.speed(model, input_shape, b, device, p.warmup, p.repeats, p.train_step) for b in p.batch_sizes]
+    result = {
+        "format": "cnnbench.profile", "format_version": 1, "model": m.name,
+        "input_shape": list(input_shape), "num_classes": num_classes, "device": str(device),
+        "params": params, "trainable_params": trainable, "training_only_params": training_only,
+        "param_bytes": param_bytes,
+        "macs": macs, "flops": 2 * macs,  # per image, forward, evaluation mode
+        "train_macs": train_macs, "train_flops": 2 * train_macs,  # per image, forward + backward
+        "activation_bytes": measure.activation_bytes(build, input_shape),  # per image, kept for backward
+        "batches": rows,  # latency and throughput per batch size (medians; warm-up excluded)
+        "max_train_batch": (measure.max_train_batch(model, input_shape, device)
+                            if p.find_max_batch and device.type == "cuda" else None),
+        "layers": measure.layer_table(build, input_shape) if p.layers else None,
+        "env": measure.environment(device),
+        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+    }
+    if p.find_max_batch and device.type != "cuda":
+        log.info("profile.find_max_batch needs CUDA: a CPU's limit is the machine's memory, not a device's.")
+    run_dir = Path(run_dir)
+    track.atomic_write_text(run_dir / "profile.json", json.dumps(result, indent=2) + "\n")
+    tb = track.TensorBoard(run_dir)
+    for row in rows:
+        tb.scalars({f"profile/{k}": row[k] for k in ("latency_ms", "infer_images_per_s", "train_images_per_s",
+                                                     "peak_memory_bytes")}, row["batch_size"])
+    tb.close()
+    return result
