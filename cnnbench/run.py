@@ -506,7 +506,10 @@ def profile(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     """`cnnbench profile`: what the composed model costs, measured without training or data.
     Writes profile.json and TensorBoard scalars (x axis: batch size) into run_dir."""
     validate(cfg)
-    m, d, t, p = cfg.model, cfg.dataset, cfg.trainer, cfg.profile
+    if (Path(run_dir) / "profile.json").exists():
+        raise CnnbenchError(f"{run_dir} already holds a profile; cnnbench will not overwrite it. "
+                            f"Choose another hydra.run.dir.")
+    m, t, p = cfg.model, cfg.trainer, cfg.profile
     device = resolve_device(t.device)
     if t.threads:
         torch.set_num_threads(t.threads)

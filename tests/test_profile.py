@@ -33,6 +33,10 @@ def test_profile_two_models(tmp_path, model_args, params):
     acc = EventAccumulator(str(run_dir))
     acc.Reload()
     assert [e.step for e in acc.Scalars("profile/latency_ms")] == [1, 4]
+    before = (run_dir / "profile.json").read_bytes()
+    again = cnnbench("profile", "dataset=synthetic", *model_args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert again.returncode == 2 and "already holds a profile" in again.stderr
+    assert (run_dir / "profile.json").read_bytes() == before
 
 
 def test_profile_lands_in_outputs_profiles_and_refuses_bad_sizes(tmp_path, monkeypatch, capsys):
