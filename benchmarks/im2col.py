@@ -20,14 +20,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cnnbench.engine import sync_device  # noqa: E402
 from cnnbench.models import create_model  # noqa: E402
 
 IMPLS = ("torch", "im2col")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def step_ms(model, opt, x, y, steps: int, warmup: int, device: torch.device) -> float:
@@ -40,11 +36,11 @@ def step_ms(model, opt, x, y, steps: int, warmup: int, device: torch.device) -> 
 
     for _ in range(warmup):
         step()
-    sync(device)
+    sync_device(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    sync(device)
+    sync_device(device)
     return 1e3 * (time.perf_counter() - t0) / steps
 
 

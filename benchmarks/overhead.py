@@ -29,15 +29,11 @@ from cnnbench import run  # noqa: E402
 from cnnbench.cli import CONF_DIR  # noqa: E402
 from cnnbench.config import register_configs  # noqa: E402
 from cnnbench.data import build_data  # noqa: E402
+from cnnbench.engine import sync_device  # noqa: E402
 from cnnbench.models import create_model  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 WARMUP = 10  # steps per epoch left out of the timing, as cnnbench does
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bare_loop(x, y, model_name, batch, epochs, lr, device) -> float:
@@ -51,14 +47,14 @@ def bare_loop(x, y, model_name, batch, epochs, lr, device) -> float:
         steps = len(x) // batch
         for i in range(steps):
             if i == WARMUP:
-                sync(device)
+                sync_device(device)
                 t0 = time.perf_counter()
             idx = order[i * batch:(i + 1) * batch]
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        sync(device)
+        sync_device(device)
         rates.append((steps - WARMUP) * batch / (time.perf_counter() - t0))
     return statistics.median(rates)
 

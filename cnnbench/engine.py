@@ -52,7 +52,8 @@ def _autocast(step: StepConfig):
     return torch.autocast(step.device.type, dtype=step.amp_dtype)
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock read after it is honest."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -74,7 +75,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         if i == n_steps:
             break
         if i == warmup:
-            _sync(step.device)
+            sync_device(step.device)
             t_warm = time.perf_counter()
         with _autocast(step):
             output = model(x)
@@ -101,7 +102,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             window.zero_()
             window_images = 0
         on_step()
-    _sync(step.device)
+    sync_device(step.device)
     t1 = time.perf_counter()
     loss_sum, errors = totals.tolist()
     steady = (n_steps - warmup) * (images / max(n_steps, 1))  # images after the warm-up steps

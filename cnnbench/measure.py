@@ -160,11 +160,6 @@ def layer_table(build: Callable[[], nn.Module], input_shape: Tuple[int, int, int
     return rows
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_it(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
     """Median seconds of fn() over `repeats` calls after `warmup` untimed ones. On CUDA each call
     is bracketed by CUDA events, so the figure is GPU time, not launch time."""

@@ -230,6 +230,20 @@ def build_scheduler(optimizer, s, lr: float, epochs: int, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _prepare(t, seed: int) -> torch.device:
+    """The process-wide settings a run or a profile starts from: device, threads, determinism,
+    cuDNN autotuning, seeds."""
+    device = resolve_device(t.device)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not t.deterministic
+    _seed_everything(seed)
+    return device
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -300,14 +314,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     run = Run(Path(run_dir))
     check_run_dir(cfg, run.dir)
     m, d, o, s, t = cfg.model, cfg.dataset, cfg.optimizer, cfg.scheduler, cfg.trainer
-    device = resolve_device(t.device)
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    if t.deterministic:
-        torch.use_deterministic_algorithms(True)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not t.deterministic
-    _seed_everything(cfg.seed)
+    device = _prepare(t, cfg.seed)
 
     # Data first: a missing dataset fails before anything is written.
     from cnnbench.data import build_data
@@ -510,11 +517,7 @@ def profile(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         raise CnnbenchError(f"{run_dir} already holds a profile; cnnbench will not overwrite it. "
                             f"Choose another hydra.run.dir.")
     m, t, p = cfg.model, cfg.trainer, cfg.profile
-    device = resolve_device(t.device)
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not t.deterministic
-    _seed_everything(cfg.seed)
+    device = _prepare(t, cfg.seed)
     image_size = image_size_for(cfg)
     input_shape = (m.in_channels, image_size, image_size)
     num_classes = m.num_classes or 1000  # imagefolder counts its folders; any count costs alike
