@@ -144,6 +144,9 @@ class TrainerConf:
     eval_every: int = 1  # evaluate on the validation split every N epochs (and at the end)
     log_every_steps: int = 50  # TensorBoard train scalars every N optimizer steps
     max_steps_per_epoch: int = 0  # stop each epoch after N steps; 0 = the whole training set
+    max_eval_steps: int = 0  # evaluate on the first N validation batches only; 0 = all of them
+    skip_completed: Optional[bool] = None  # a job whose results.json says completed is not run
+    #                                        again; null = true in sweeps (-m), false otherwise
     checkpoint: bool = True  # write checkpoints/last.pt each epoch and best.pt on improvement
     resume: bool = False  # continue from checkpoints/last.pt in the run directory
     threads: int = 0  # CPU threads for torch; 0 = torch's default (one per core)

@@ -25,6 +25,7 @@ class StepConfig:
     grad_clip: float = 0.0  # max global gradient norm; 0 = off
     label_smoothing: float = 0.0
     max_steps: int = 0  # stop the epoch after this many steps; 0 = all
+    max_eval_steps: int = 0  # evaluate on this many batches only; 0 = all
     log_every: int = 50  # steps between reads of the running metrics
 
 
@@ -113,14 +114,17 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, step: StepConfig) -> dict:
-    """Loss, top-1 and top-5 error (fractions, 0-1) over the whole loader, in evaluation mode."""
+    """Loss, top-1 and top-5 error (fractions, 0-1) over the loader (its first step.max_eval_steps
+    batches when set), in evaluation mode, and the number of images they cover."""
     model.eval()
     totals = torch.zeros(4, device=step.device)  # loss sum, top-1 errors, top-5 errors, images
-    for x, y in loader:
+    for i, (x, y) in enumerate(loader):
+        if i == step.max_eval_steps > 0:
+            break
         with _autocast(step):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y, reduction="sum")
         totals += torch.stack([loss, *topk_errors(logits, y, (1, 5)).float(),
                                torch.tensor(float(len(y)), device=step.device)])
     loss_sum, err1, err5, images = totals.tolist()
-    return {"loss": loss_sum / images, "top1_err": err1 / images, "top5_err": err5 / images}
+    return {"loss": loss_sum / images, "top1_err": err1 / images, "top5_err": err5 / images, "images": int(images)}

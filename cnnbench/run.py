@@ -99,7 +99,8 @@ def validate(cfg: DictConfig) -> None:
     positive("trainer.eval_every", t.eval_every, "a positive integer")
     positive("trainer.log_every_steps", t.log_every_steps, "a positive integer")
     for key, value in [("optimizer.weight_decay", o.weight_decay), ("trainer.grad_clip", t.grad_clip),
-                       ("trainer.max_steps_per_epoch", t.max_steps_per_epoch), ("trainer.threads", t.threads),
+                       ("trainer.max_steps_per_epoch", t.max_steps_per_epoch),
+                       ("trainer.max_eval_steps", t.max_eval_steps), ("trainer.threads", t.threads),
                        ("dataset.train_size", d.train_size), ("dataset.val_size", d.val_size),
                        ("dataset.num_workers", d.num_workers)]:
         if value < 0:
@@ -353,7 +354,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     amp_dtype = _AMP_DTYPES[_value(t.amp)]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step_cfg = engine.StepConfig(device, amp_dtype, t.grad_clip, t.label_smoothing, t.max_steps_per_epoch,
-                                 t.log_every_steps)
+                                 t.max_eval_steps, t.log_every_steps)
 
     results: Dict[str, Any] = {
         "status": "running", "error": None, "run_dir": str(run.dir.resolve()),
@@ -411,7 +412,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
                 val = engine.evaluate(model, val_loader, step_cfg)
                 row.update(val_loss=val["loss"], val_top1_err=val["top1_err"], val_top5_err=val["top5_err"])
-                results.update(loss=val["loss"], top1_err=val["top1_err"], top5_err=val["top5_err"])
+                results.update(loss=val["loss"], top1_err=val["top1_err"], top5_err=val["top5_err"],
+                               val_images=val["images"])  # fewer than the split with max_eval_steps
                 tb.scalars({"val/loss": val["loss"], "val/top1_err": val["top1_err"],
                             "val/top5_err": val["top5_err"]}, global_step)
                 improved = results["best_top1_err"] is None or val["top1_err"] < results["best_top1_err"]
