@@ -83,6 +83,7 @@ class ModelConf:
     classic: Optional[bool] = None  # LeNet-5: tanh and average pooling, as in LeCun 1998
     zero_init_residual: Optional[bool] = None  # ResNet: start each residual branch's last norm at 0
     alpha: Optional[float] = None  # MobileNet v1 width multiplier: alpha x the paper's channels
+    separable: Optional[bool] = None  # MobileNet v1: depthwise-separable blocks (false: full 3x3 convs)
     aux_logits: Optional[bool] = None  # GoogLeNet: the two auxiliary classifiers (training only)
     conv_impl: Optional[str] = None  # LeNet-5: torch (cuDNN/oneDNN) | im2col (the textbook reference)
     # Transfer learning (any architecture)
@@ -142,7 +143,9 @@ class TrainerConf:
     grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
     label_smoothing: float = 0.0  # cross-entropy label smoothing, in [0, 1)
     eval_every: int = 1  # evaluate on the validation split every N epochs (and at the end)
-    log_every_steps: int = 50  # TensorBoard train scalars every N optimizer steps
+    log_every_steps: int = 50  # TensorBoard train scalars (and gradient norms) every N optimizer steps
+    log_grad_norms: bool = True  # per-layer gradient norms in TensorBoard at each log step
+    log_filters: bool = True  # the first convolution's filters as an image, at the start and end
     max_steps_per_epoch: int = 0  # stop each epoch after N steps; 0 = the whole training set
     max_eval_steps: int = 0  # evaluate on the first N validation batches only; 0 = all of them
     skip_completed: Optional[bool] = None  # a job whose results.json says completed is not run
