@@ -12,11 +12,11 @@ HYDRA_FULL_ERROR=1 or CNNBENCH_DEBUG=1.
 import argparse
 import difflib
 import importlib.resources
-import itertools
 import logging
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -99,75 +99,98 @@ def explain_config_error(exc: BaseException) -> str:
     return f"{exc}".strip().replace("\n", " ")
 
 
-def _expand_sweeps(overrides: List[str], multirun: bool) -> List[List[str]]:
-    """The list of jobs Hydra's basic sweeper would run (one job without -m)."""
+def _expand_sweeps(overrides: List[str]) -> List[List[str]]:
+    """Every job Hydra's basic sweeper makes of these overrides: a later override of a key replaces
+    an earlier one (the command line beats an experiment's sweeper params); a,b,c values multiply."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    if not multirun:
-        return [overrides]
     parsed = OverridesParser.create().parse_overrides(overrides)
-    choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
-               else [o.input_line] for o in parsed]
-    return [list(c) for c in itertools.product(*choices)]
+    return BasicSweeper.split_arguments(parsed, None)[0]
 
 
-_swept_keys: set = set()  # keys given several values on the command line (-m)
+# Keys given several values by the sweep (-m or an experiment), comma-separated. An environment
+# variable rather than a global: joblib runs jobs in worker processes that inherit it.
+_SWEPT_KEYS = "CNNBENCH_SWEPT_KEYS"
 
 
 def _sweep_subdir(task_overrides) -> str:
     """A sweep job's folder name: only what differs between its jobs, e.g. model=resnet56,seed=1
     (Hydra's override_dirname would repeat every fixed override too)."""
-    picked = sorted(o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") in _swept_keys)
+    swept = set(os.environ.get(_SWEPT_KEYS, "").split(","))
+    picked = sorted(o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") in swept)
     return ",".join(picked).replace("/", "_") or "job"
 
 
-def _register_resolvers(overrides: List[str], multirun: bool) -> None:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def _register_resolvers() -> None:
     from omegaconf import OmegaConf
 
-    _swept_keys.clear()
-    if multirun:
-        try:
-            parsed = OverridesParser.create().parse_overrides(overrides)
-            _swept_keys.update(o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override())
-        except Exception:  # preflight reports bad syntax
-            pass
     OmegaConf.register_new_resolver("cnnbench_sweep_subdir", _sweep_subdir, replace=True)
+
+
+def _is_hydra_override(o: str) -> bool:
+    return o.lstrip("+~").startswith("hydra")
+
+
+def plan_jobs(overrides: List[str], multirun: bool) -> tuple:
+    """(jobs, multirun): the overrides of every job the command line makes. An experiment can
+    make a sweep by itself (hydra.mode: MULTIRUN with hydra.sweeper.params), so the primary
+    config is composed first to see its mode and sweep parameters."""
+    from hydra import compose
+    from hydra.types import RunMode
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
+             else o.input_line for o in parsed]  # one job's worth, to read the hydra node
+    primary = compose("config", overrides=first, return_hydra_config=True)
+    multirun = multirun or primary.hydra.mode == RunMode.MULTIRUN
+    own = [o for o in overrides if not _is_hydra_override(o)]
+    if not multirun:
+        return [own], False
+    params = primary.hydra.sweeper.get("params") or {}
+    swept = [f"{k}={v}" for k, v in params.items()] + own
+    os.environ[_SWEPT_KEYS] = ",".join(o.get_key_element().lstrip("+~") for o in
+                                       OverridesParser.create().parse_overrides(swept) if o.is_sweep_override())
+    return _expand_sweeps(swept), True
 
 
 def preflight(overrides: List[str], multirun: bool) -> None:
     """Compose and validate every job before Hydra creates any directory, so bad input leaves
-    nothing behind and touches no earlier run."""
+    nothing behind and touches no earlier run. In a sweep, a job that composes but fails
+    validation (an image size one model cannot take, say) is announced here, recorded as failed
+    when its turn comes, and the others run; a name or key that does not exist stops the sweep."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from cnnbench import run
 
-    own = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
-    try:
-        jobs = _expand_sweeps(own, multirun)
-    except Exception as e:
-        raise CnnbenchError(explain_config_error(e)) from None
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="train"):
+        try:
+            jobs, multirun = plan_jobs(overrides, multirun)
+        except Exception as e:
+            if _debug():
+                raise
+            raise CnnbenchError(explain_config_error(e)) from None
         for job in jobs:
             try:
                 cfg = compose("config", overrides=job)
                 run.validate(cfg)
-            except CnnbenchError:
-                raise
+            except CnnbenchError as e:
+                if not multirun:
+                    raise
+                log.warning(f"warning: sweep job {_sweep_subdir(job)} will be recorded as failed: {e}")
             except Exception as e:
                 if _debug():
                     raise
-                raise CnnbenchError(explain_config_error(e)) from None
+                where = f" (sweep job {_sweep_subdir(job)})" if multirun else ""
+                raise CnnbenchError(explain_config_error(e) + where) from None
     GlobalHydra.instance().clear()
     if not multirun:
         run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
         if run_dir:
             run.check_run_dir(cfg, Path(run_dir))
-
-
-_failed_jobs: List[str] = []  # in a sweep: the jobs that did not complete, for the exit status
 
 
 class _JobExit(SystemExit):
@@ -176,6 +199,61 @@ class _JobExit(SystemExit):
 
 
 _COMMAND = {"name": "train"}  # which command the Hydra task runs: train or profile
+# In a sweep, each job that does not complete appends a line to this file; the launcher may run
+# jobs in other processes (joblib), so a list in memory would not see them.
+_FAILED_LOG = "CNNBENCH_FAILED_JOBS"
+
+
+def _job_failed(run_dir: Path, message: str) -> None:
+    line = f"{run_dir.name}: {message}"
+    log.error(f"job {line}")
+    path = os.environ.get(_FAILED_LOG)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(" ".join(line.split()) + "\n")
+
+
+# Parallel sweeps (hydra/launcher=joblib) run jobs in worker processes. With several GPUs each
+# worker takes one for its lifetime and sees only that one; on the CPU the cores are shared out.
+_PARENT_PID = "CNNBENCH_PARENT_PID"
+_GPU_LOCKS = "CNNBENCH_GPU_LOCKS"  # a folder of lock files, one per GPU: gpu0.lock, gpu1.lock, ...
+_claimed_gpu: list = []  # the open lock file this worker holds (released when the process ends)
+
+
+def claim_gpu(lock_dir: str, visible: List[str], job_num: int) -> str:
+    """Lock the first free GPU slot (waiting for slot job_num % n when all are taken) and return
+    the CUDA device it stands for, from `visible` (the parent's CUDA_VISIBLE_DEVICES list)."""
+    import fcntl
+
+    for i in range(len(visible)):
+        f = open(Path(lock_dir, f"gpu{i}.lock"), "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            continue
+        _claimed_gpu.append(f)
+        return visible[i]
+    i = job_num % len(visible)  # more workers than GPUs: wait for one
+    f = open(Path(lock_dir, f"gpu{i}.lock"), "a")
+    fcntl.flock(f, fcntl.LOCK_EX)
+    _claimed_gpu.append(f)
+    return visible[i]
+
+
+def _share_resources(cfg, hc) -> None:
+    """In a joblib worker: pin this process to one GPU (several GPUs) or to its share of the CPU
+    cores (trainer.threads=0 would give every worker all of them)."""
+    if os.environ.get(_PARENT_PID, str(os.getpid())) == str(os.getpid()):
+        return  # jobs run one after another in this process: nothing to share
+    lock_dir = os.environ.get(_GPU_LOCKS)
+    if lock_dir and not _claimed_gpu and cfg.trainer.device in ("auto", "cuda"):
+        visible = os.environ["CUDA_VISIBLE_DEVICES"].split(",")
+        os.environ["CUDA_VISIBLE_DEVICES"] = claim_gpu(lock_dir, visible, hc.job.num)
+    if cfg.trainer.threads == 0:
+        workers = hc.launcher.get("n_jobs") or 1
+        workers = os.cpu_count() if workers < 0 else workers
+        cfg.trainer.threads = max(1, (os.cpu_count() or 1) // workers)
 
 
 def _task(cfg) -> Optional[dict]:
@@ -189,16 +267,25 @@ def _task(cfg) -> Optional[dict]:
     run_dir = Path(hc.runtime.output_dir)
     sweeping = hc.mode == RunMode.MULTIRUN
     command = _COMMAND["name"]
+    if sweeping:
+        _share_resources(cfg, hc)
     try:
-        results = run.train(cfg, run_dir) if command == "train" else run.profile(cfg, run_dir)
+        if command == "train":
+            earlier = run.reuse_run_dir(cfg, run_dir, sweeping)
+            results = earlier if earlier is not None else run.train(cfg, run_dir)
+        elif sweeping:
+            results = _profile_in_child(cfg, run_dir)
+        else:
+            results = run.profile(cfg, run_dir)
     except CnnbenchError as e:
-        _remove_if_empty(run_dir)
         if _debug():
             raise
-        if sweeping:  # the sweep goes on; this job is reported and skipped
-            _failed_jobs.append(f"{run_dir.name}: {e}")
-            log.error(f"job {_failed_jobs[-1]}")
+        if sweeping:  # the sweep goes on; this job is recorded as failed
+            if command == "train":
+                run.record_failure(cfg, run_dir, str(e))
+            _job_failed(run_dir, str(e))
             return None
+        _remove_if_empty(run_dir)
         raise _JobExit(_fail(str(e)))
     except KeyboardInterrupt:
         raise _JobExit(_fail(f"interrupted; what was done so far is in {run_dir}", 130))
@@ -209,8 +296,7 @@ def _task(cfg) -> Optional[dict]:
         message = (f"{command} failed: {type(e).__name__}: {e}.{record} Run again with CNNBENCH_DEBUG=1 "
                    f"for the traceback.")
         if sweeping:
-            _failed_jobs.append(f"{run_dir.name}: {message}")
-            log.error(f"job {_failed_jobs[-1]}")
+            _job_failed(run_dir, message)
             return None
         raise _JobExit(_fail(message, 1))
     if command == "train":
@@ -220,6 +306,51 @@ def _task(cfg) -> Optional[dict]:
 
         profile_tables(results)
     return results
+
+
+def _profile_in_child(cfg, run_dir: Path) -> dict:
+    """Profile one sweep job in a fresh process, so its memory figures (peak RSS, the CUDA
+    allocator's state) owe nothing to the jobs before it."""
+    import multiprocessing
+
+    from omegaconf import OmegaConf
+
+    ctx = multiprocessing.get_context("spawn")  # not fork: a clean interpreter and CUDA context
+    receive, send = ctx.Pipe(duplex=False)
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    child = ctx.Process(target=_profile_child, args=(config, str(run_dir), send), name="cnnbench-profile")
+    child.start()
+    send.close()
+    try:
+        kind, payload = receive.recv()
+    except EOFError:  # killed (out of memory, a signal) before it could answer
+        kind, payload = "crash", f"the profiling process ended with exit code {child.exitcode}"
+    finally:
+        child.join()
+    if kind == "ok":
+        return payload
+    if kind == "refused":
+        raise CnnbenchError(payload)
+    raise RuntimeError(payload)
+
+
+def _profile_child(config: dict, run_dir: str, send) -> None:
+    """The child side of _profile_in_child: rebuild the typed config, profile, send the result."""
+    from omegaconf import OmegaConf
+
+    from cnnbench import run
+    from cnnbench.config import Config
+
+    handlers = [logging.StreamHandler(sys.stdout), logging.FileHandler(Path(run_dir, "train.log"))]
+    handlers[1].setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=handlers)
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), config)
+        send.send(("ok", run.profile(cfg, Path(run_dir))))
+    except CnnbenchError as e:
+        send.send(("refused", str(e)))
+    except BaseException as e:  # reported by the parent, which carries on with the sweep
+        send.send(("crash", f"{type(e).__name__}: {e}"))
 
 
 def _remove_if_empty(run_dir: Path) -> None:
@@ -268,6 +399,24 @@ def profile_main(args: List[str]) -> int:
     return hydra_main("profile", args)
 
 
+def _gpu_slots(args: List[str]) -> Optional[str]:
+    """A joblib sweep on a machine with several GPUs: one worker per GPU (unless
+    hydra.launcher.n_jobs says otherwise), each claiming its own (claim_gpu). Returns the lock
+    folder, or None when there is nothing to share out."""
+    if "hydra/launcher=joblib" not in args:
+        return None
+    import torch
+
+    n = torch.cuda.device_count()
+    if n < 2:
+        return None
+    if not any(a.startswith("hydra.launcher.n_jobs=") for a in args):
+        args.append(f"hydra.launcher.n_jobs={n}")
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(n))))
+    os.environ[_GPU_LOCKS] = tempfile.mkdtemp(prefix="cnnbench-gpus-")
+    return os.environ[_GPU_LOCKS]
+
+
 def hydra_main(command: str, args: List[str]) -> int:
     """Check every job, then hand the command line to Hydra, which runs `command` per job."""
     import hydra
@@ -277,7 +426,7 @@ def hydra_main(command: str, args: List[str]) -> int:
 
     register_configs()
     parsed = get_args_parser().parse_args(args)
-    _register_resolvers(parsed.overrides, parsed.multirun)
+    _register_resolvers()
     informational = parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.shell_completion
     if not informational:
         try:
@@ -285,10 +434,14 @@ def hydra_main(command: str, args: List[str]) -> int:
         except CnnbenchError as e:
             return _fail(str(e))
     main = hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")(_task)
+    gpu_locks = _gpu_slots(args)
     argv0 = sys.argv[0]
     sys.argv = [f"cnnbench {command}", *args]
     _COMMAND["name"] = command
-    _failed_jobs.clear()
+    fd, failed_log = tempfile.mkstemp(prefix="cnnbench-failed-", suffix=".txt")
+    os.close(fd)
+    os.environ[_FAILED_LOG] = failed_log
+    os.environ[_PARENT_PID] = str(os.getpid())
     try:
         main()
     except _JobExit as e:  # a job's own exit status
@@ -300,9 +453,15 @@ def hydra_main(command: str, args: List[str]) -> int:
         return 2 if e.code == 1 else (e.code or 0)
     finally:
         sys.argv[0] = argv0
-    if _failed_jobs:
-        return _fail(f"{len(_failed_jobs)} job(s) of the sweep did not complete (the others did): "
-                     + "; ".join(_failed_jobs), 1)
+        failed = Path(failed_log).read_text(encoding="utf-8").splitlines()
+        os.unlink(failed_log)
+        os.environ.pop(_FAILED_LOG, None)
+        if gpu_locks:
+            shutil.rmtree(gpu_locks, ignore_errors=True)
+            os.environ.pop(_GPU_LOCKS, None)
+    if failed:
+        return _fail(f"{len(failed)} job(s) of the sweep did not complete (the others did): "
+                     + "; ".join(failed), 1)
     return 0
 
 
@@ -310,15 +469,32 @@ def hydra_main(command: str, args: List[str]) -> int:
 # compare, models
 # ---------------------------------------------------------------------------------------------
 
-def compare_cli(args: List[str]) -> int:
-    p = argparse.ArgumentParser(prog="cnnbench compare", description="One table of every run "
-                                "(results.json) found below the paths; writes comparison.csv and .md.")
+def compare_cli(args: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="cnnbench compare", description="One table of every run (results.json) found below the "
+        "paths; writes comparison.csv and .md, and report.md / report.html with plots (PNGs beside).",
+        epilog="Runs that differ only in seed are averaged: mean ± sample standard deviation, and the "
+        "number of seeds. Column names: run model dataset optimizer seed n_seeds status epochs params "
+        "trainable_params macs gmacs flops activation_bytes param_bytes peak_memory_bytes "
+        "peak_memory_kind train_images_per_s top1_err top5_err loss best_top1_err best_epoch "
+        "wall_time_s error path, or any dotted config key (optimizer.lr).")
     p.add_argument("paths", nargs="*", default=["outputs"], help="folders to search (default: outputs)")
-    p.add_argument("--out", help="where to write comparison.csv/.md (default: the first path)")
+    p.add_argument("--out", help="where to write comparison.csv/.md and the report (default: the first path)")
+    p.add_argument("--columns", metavar="A,B,...",
+                   help="table columns, comma-separated, e.g. run,model,top1_err,params,optimizer.lr")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=PATTERN",
+                   help="keep runs whose KEY (a column or config key) matches the shell-style PATTERN, "
+                   "e.g. 'model=resnet*'; repeatable: all keys must match, a key given twice matches either")
+    p.add_argument("--sort", default="top1_err", metavar="COLUMN",
+                   help="order rows by this column or config key, rows without a value last (default: top1_err)")
+    p.add_argument("--desc", action="store_true", help="sort in descending order (largest first)")
+    p.add_argument("--no-group", action="store_true",
+                   help="one row per run: do not average runs that differ only in seed")
     a = p.parse_args(args)
     from cnnbench.report import compare_main
 
-    return compare_main(a.paths, a.out)
+    columns = None if a.columns is None else [c.strip() for c in a.columns.split(",") if c.strip()]
+    return compare_main(a.paths, a.out, columns, a.filter, a.sort, a.desc, not a.no_group)
 
 
 def models_cli(args: List[str]) -> int:

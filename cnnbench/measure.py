@@ -79,14 +79,52 @@ def activation_bytes(build: Callable[[], nn.Module], input_shape: Tuple[int, int
     return sum(seen.values()) // batch
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start the peak-memory count afresh, so that a sweep's later jobs in the same process are not
+    charged for the earlier ones. CPU: Linux resets the process's high-water mark (VmHWM) to its
+    current resident size when 5 is written to /proc/self/clear_refs."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux, or not allowed: the count runs from the process's start
+        pass
+
+
 def peak_memory(device: torch.device) -> Tuple[int, str]:
     """(bytes, what they are). CUDA: the allocator's peak since the last reset (tensors only).
-    CPU: the process's peak resident set size, which also holds Python, libraries and the data
-    set, so it is an upper bound on what training needed."""
+    CPU: the process's peak resident set size since reset_peak_memory (Linux; else since the
+    process began), which also holds Python, libraries and the data set, so it is an upper bound
+    on what training needed."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "cuda_max_memory_allocated"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return (rss if sys.platform == "darwin" else rss * 1024), "process_peak_rss"
+    try:
+        with open("/proc/self/status") as f:
+            hwm = next(line for line in f if line.startswith("VmHWM:"))
+        return int(hwm.split()[1]) * 1024, "process_peak_rss"  # the file says kB
+    except (OSError, StopIteration, ValueError):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return (rss if sys.platform == "darwin" else rss * 1024), "process_peak_rss"
+
+
+def layer_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weight of every trainable convolution and linear layer, by module name, input to output
+    (registration order): the tensors whose gradients grad_norms reads."""
+    return {name: m.weight for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.requires_grad}
+
+
+def grad_norms(weights: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The L2 norm of each weight's gradient (weights without one are left out), computed on the
+    device and read with one host transfer. Call it between the optimizer step and the next
+    zero_grad: these are the gradients the step used (unscaled, after any clipping)."""
+    named = [(name, w.grad) for name, w in weights.items() if w.grad is not None]
+    if not named:
+        return {}
+    norms = torch._foreach_norm([g for _, g in named])  # fused, as clip_grad_norm_ does: no per-layer launches
+    return dict(zip([name for name, _ in named], torch.stack(norms).tolist()))
 
 
 def _git_commit() -> str | None:

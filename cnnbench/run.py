@@ -309,6 +309,89 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
             f"to continue it, or choose another hydra.run.dir.")
 
 
+def _config_differences(old: Dict[str, Any], new: Dict[str, Any]) -> list:
+    """Dotted keys whose values differ between two resolved configs (bookkeeping keys aside)."""
+    diffs = []
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{section}.{k}" for k in sorted(set(a) | set(b))
+                      if f"{section}.{k}" not in track.BOOKKEEPING_KEYS and a.get(k) != b.get(k)]
+        elif a != b:
+            diffs.append(section)
+    return diffs
+
+
+def _set_aside(run: "Run") -> Path:
+    """Move an earlier failed attempt's files into attempts/N/ (nothing is deleted)."""
+    n = 1
+    while (run.dir / "attempts" / str(n)).exists():
+        n += 1
+    dest = run.dir / "attempts" / str(n)
+    dest.mkdir(parents=True)
+    for p in run.dir.iterdir():
+        if p.name == "checkpoints" or p.name == "results.json" or p.name.startswith("events.out.tfevents"):
+            os.replace(p, dest / p.name)
+    return dest
+
+
+def reuse_run_dir(cfg: DictConfig, run_dir: Path, sweeping: bool):
+    """What to do with what run_dir already holds, before train() starts. Returns the earlier
+    results when the job is already done (skip it), else None after setting trainer.resume when
+    an interrupted run is to be continued. In a sweep (or with trainer.skip_completed=true):
+    completed -> skipped; interrupted or killed (running, with a checkpoint) -> resumed; failed ->
+    its files moved to attempts/N/ and run again. Only the same config is reused this way."""
+    run = Run(Path(run_dir))
+    skip = cfg.trainer.skip_completed if cfg.trainer.skip_completed is not None else sweeping
+    if cfg.trainer.resume or not run.results.is_file() or not (skip or sweeping):
+        return None  # train() decides: fresh, explicit resume, or refusal to overwrite
+    try:
+        before = json.loads(run.results.read_text())
+        status = before["status"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CnnbenchError(f"{run.results} exists but cannot be read; cnnbench will not overwrite it. "
+                            f"Move it away, or run the job in another folder.") from None
+    diffs = _config_differences(before.get("config") or {}, _config_dict(cfg))
+    if diffs:
+        raise CnnbenchError(
+            f"{run.dir} holds an earlier run with a different config ({', '.join(diffs[:6])} differ); "
+            f"cnnbench will not overwrite it. Run the sweep in a new folder (leave hydra.sweep.dir "
+            f"at its default), or add trainer.resume=true to extend those runs.")
+    if status == "completed" and skip:
+        log.info(f"Skipping {run.dir.name}: already completed (trainer.skip_completed).")
+        return before
+    if status in ("interrupted", "running") and run.last.is_file():
+        log.info(f"Resuming {run.dir.name}: it was {status} at epoch {before.get('epochs')}.")
+        cfg.trainer.resume = True
+        return None
+    if status in ("failed", "diverged", "interrupted", "running"):
+        log.info(f"Running {run.dir.name} again: it {status if status != 'running' else 'was killed'}"
+                 f"; the earlier attempt is kept in {_set_aside(run)}.")
+        return None
+    return None  # completed and skip_completed=false: train() refuses to overwrite
+
+
+def record_failure(cfg: DictConfig, run_dir: Path, message: str) -> None:
+    """A sweep job refused before training (bad value, missing data) still leaves a results.json
+    with status failed, so the comparison shows it; an existing record is never replaced."""
+    run = Run(Path(run_dir))
+    if run.results.exists() or run.last.exists():
+        return
+    run.dir.mkdir(parents=True, exist_ok=True)
+    track.write_results(run.results, {
+        "status": "failed", "error": message, "run_dir": str(run.dir.resolve()), "model": cfg.model.name,
+        "dataset": _value(cfg.dataset.name), "optimizer": _value(cfg.optimizer.name), "seed": cfg.seed,
+        "epochs": 0, "history": [], "config": _config_dict(cfg)})
+
+
+def _config_dict(cfg: DictConfig) -> Dict[str, Any]:
+    """The config as plain data, resolved where it can be (a bad value may not resolve)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    except Exception:
+        return OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+
+
 def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     """Train the composed configuration and write its record into run_dir. Returns the results."""
     validate(cfg)
@@ -390,8 +473,10 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     run.dir.mkdir(parents=True, exist_ok=True)
     track.write_results(run.results, results)
     tb = track.TensorBoard(run.dir, purge_step=global_step + 1 if t.resume else None)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    if t.log_filters and not t.resume:
+        tb.filters(model, global_step)  # the filters before training (a resumed run has them)
+    grad_weights = measure.layer_weights(model) if t.log_grad_norms else {}
+    measure.reset_peak_memory(device)
 
     t_start = time.perf_counter()
     try:
@@ -399,7 +484,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             train_loader.set_epoch(epoch)
             with _progress(t.progress, epoch, t.epochs, steps_per_epoch, d.batch_size) as bar:
                 def on_log(step, values):
-                    tb.scalars({**values, "lr": optimizer.param_groups[0]["lr"]}, step)
+                    norms = {f"grad_norm/{k}": v for k, v in measure.grad_norms(grad_weights).items()}
+                    tb.scalars({**values, "lr": optimizer.param_groups[0]["lr"], **norms}, step)
                     bar.show(values["train/loss"])
 
                 stats = engine.train_one_epoch(model, train_loader, optimizer, scheduler, scaler, step_cfg,
@@ -454,9 +540,13 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     results["status"] = "completed"
     results["wall_time_s"] = prior_wall + time.perf_counter() - t_start
     track.write_results(run.results, results)
+    if t.log_filters:
+        tb.filters(model, global_step)  # what training made of them
     tb.hparams(
-        {"model": m.name, "dataset": _value(d.name), "optimizer": _value(o.name), "lr": o.lr,
-         "batch_size": d.batch_size, "seed": cfg.seed, "epochs": t.epochs},
+        {"model": m.name, "norm": _value(m.norm) or "default", "dataset": _value(d.name),
+         "image_size": image_size, "augment": d.augment, "optimizer": _value(o.name), "lr": o.lr,
+         "weight_decay": o.weight_decay, "scheduler": _value(s.name), "batch_size": d.batch_size,
+         "epochs": t.epochs, "amp": _value(t.amp), "label_smoothing": t.label_smoothing, "seed": cfg.seed},
         {"top1_err": results["top1_err"], "top5_err": results["top5_err"], "params": params,
          "gmacs": macs / 1e9, "peak_memory_mb": results["peak_memory_bytes"] / 2**20,
          "images_per_s": results["train_images_per_s"]})
@@ -548,8 +638,10 @@ def profile(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                             if p.find_max_batch and device.type == "cuda" else None),
         "layers": measure.layer_table(build, input_shape) if p.layers else None,
         "env": measure.environment(device),
+        "pid": os.getpid(),  # the process that measured: in a sweep, each job has its own
         "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
     }
+    result["peak_memory_bytes"], result["peak_memory_kind"] = measure.peak_memory(device)
     if p.find_max_batch and device.type != "cuda":
         log.info("profile.find_max_batch needs CUDA: a CPU's limit is the machine's memory, not a device's.")
     run_dir = Path(run_dir)

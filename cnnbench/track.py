@@ -18,6 +18,13 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read the process umask (the only way is to set it and set it back)
 
 
+# Config keys that change how a run is watched or fed, not what it computes: a finished run in a
+# sweep folder is the same job as the one about to start when everything else agrees, and runs
+# that differ only in these (and the seed) are repeats of one experiment in the report.
+BOOKKEEPING_KEYS = {"trainer.resume", "trainer.skip_completed", "trainer.progress", "trainer.threads",
+                    "dataset.root", "dataset.num_workers"}
+
+
 def _atomic_write(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,6 +43,10 @@ def _atomic_write(path: Path, write) -> None:
 
 def atomic_write_text(path, text: str) -> None:
     _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    _atomic_write(path, lambda f: f.write(data))
 
 
 def _json_safe(value):
@@ -85,8 +96,9 @@ def load_checkpoint(path, model_name: str) -> Dict[str, Any]:
 
 
 class TensorBoard:
-    """Scalars while training, and one hparams record at the end, in the run directory itself
-    (so `tensorboard --logdir outputs` names each run by its folder)."""
+    """Scalars while training, the first convolution's filters as images, and one hparams record
+    at the end, in the run directory itself (so `tensorboard --logdir outputs` names each run by
+    its folder, and a sweep's runs by what differs)."""
 
     def __init__(self, log_dir: Path, purge_step: Optional[int] = None):
         from torch.utils.tensorboard import SummaryWriter
@@ -99,8 +111,31 @@ class TensorBoard:
             if v is not None:
                 self.writer.add_scalar(tag, v, step)
 
+    def filters(self, model, step: int) -> None:
+        """The model's first convolution (the stem, which sees the image) as one grid of its filters,
+        tag `filters/<module name>`: what the network looks for. Each filter is scaled to its own
+        min-max, so weak filters show as clearly as strong ones."""
+        import torch.nn.functional as F
+        from torch import nn
+        from torchvision.utils import make_grid
+
+        name, conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
+        if conv is None:
+            return
+        w = conv.weight.detach().float().cpu()  # (out, in, kh, kw)
+        if w.shape[1] != 3:  # RGB when the input is; else the mean over input channels: the
+            w = w.mean(dim=1, keepdim=True)  # filter's response to a grey pattern (1 channel: itself)
+        lo, hi = w.amin(dim=(1, 2, 3), keepdim=True), w.amax(dim=(1, 2, 3), keepdim=True)
+        w = (w - lo) / (hi - lo).clamp_min(1e-12)
+        # Enlarge each kernel pixel to a block (nearest): a 3x3 filter is otherwise 3 screen pixels.
+        w = F.interpolate(w, scale_factor=max(1, 32 // max(w.shape[-2:])), mode="nearest")
+        grid = make_grid(w, nrow=math.ceil(math.sqrt(len(w))), padding=2)  # (3, H, W) in [0, 1]
+        self.writer.add_image(f"filters/{name}", grid, step)
+
     def hparams(self, hparams: Dict[str, Any], metrics: Dict[str, float]) -> None:
-        hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
+        # Booleans as "true"/"false", as in the config: torch would record them as the numbers 0 and 1.
+        hp = {k: (str(v).lower() if isinstance(v, bool) else v if isinstance(v, (int, float, str)) else str(v))
+              for k, v in hparams.items()}
         mt = {f"hparam/{k}": v for k, v in metrics.items() if v is not None}
         self.writer.add_hparams(hp, mt, run_name=".")  # "." = this run's folder, not a new one
 

@@ -10,7 +10,8 @@ from conftest import cnnbench, read_results
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 
-@pytest.mark.skipif(not DEBIAN.is_dir(), reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(not DEBIAN.is_dir(),
+                    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
 def test_lenet5_one_epoch_on_fashion_mnist(tmp_path):
     run_dir = tmp_path / "run"
     r = cnnbench("train", "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)

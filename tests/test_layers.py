@@ -51,8 +51,8 @@ def test_pixel_shuffle_places_each_channel_group_on_a_sub_pixel_grid():
     assert out[0:2, 0:2].tolist() == [[1.0, 2.0], [3.0, 4.0]]  # channel c -> sub-pixel (c // 2, c % 2)
 
 
-@pytest.mark.parametrize("name,cls", [("batch", nn.BatchNorm2d), ("layer", nn.GroupNorm), ("instance", nn.InstanceNorm2d),
-                                      ("group", nn.GroupNorm), ("none", nn.Identity)])
+@pytest.mark.parametrize("name,cls", [("batch", nn.BatchNorm2d), ("layer", nn.GroupNorm),
+                                      ("instance", nn.InstanceNorm2d), ("group", nn.GroupNorm), ("none", nn.Identity)])
 def test_norm_factory(name, cls):
     m = get_norm_layer(name)(48)
     assert isinstance(m, cls)

@@ -10,9 +10,9 @@ from conftest import cnnbench
 from cnnbench import cli
 
 
-@pytest.mark.parametrize("model_args,params", [(["model=lenet5", "dataset.in_channels=1", "dataset.mean=[0.5]",
-                                                 "dataset.std=[0.5]"], 61_706),
-                                               (["model=resnet18", "model.stem=small", "dataset.image_size=16"], 11_173_962)])
+@pytest.mark.parametrize("model_args,params", [
+    (["model=lenet5", "dataset.in_channels=1", "dataset.mean=[0.5]", "dataset.std=[0.5]"], 61_706),
+    (["model=resnet18", "model.stem=small", "dataset.image_size=16"], 11_173_962)])
 def test_profile_two_models(tmp_path, model_args, params):
     run_dir = tmp_path / "prof"
     r = cnnbench("profile", "dataset=synthetic", *model_args, "trainer.device=cpu", "profile.batch_sizes=[1,4]",

@@ -2,12 +2,38 @@
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import cnnbench
 
+from cnnbench import report
+from cnnbench.cli import compare_cli
 from cnnbench.errors import CnnbenchError
-from cnnbench.report import compare_main, load_rows
+from cnnbench.report import (
+    bubble_figure,
+    compare_main,
+    curves_figure,
+    group_rows,
+    load_rows,
+    sort_rows,
+    throughput_figure,
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_rendering_unless_asked(request, monkeypatch):
+    """Drawing the PNGs takes about a second per compare: tests that do not look at them get
+    placeholder bytes; those that do ask for `real_plots`."""
+    if "real_plots" not in request.fixturenames:
+        monkeypatch.setattr(report, "render_plots", lambda rows: {name: b"png" for name, *_ in report.PLOTS})
+
+
+@pytest.fixture
+def real_plots():
+    """Render the report's plots for real (see _no_rendering_unless_asked)."""
 
 
 def make_result(**overrides) -> dict:
@@ -196,3 +222,216 @@ def test_terminal_table_shows_formatted_values(tmp_path, monkeypatch, capsys):
     assert "[bold]odd" in out  # printed as text, not taken for rich markup
     assert "11,173,962" in out and "12.34" in out and "1,234" in out
     assert "512.0 RSS" in out  # CPU peak memory is marked as not comparable with CUDA's
+
+
+# -----------------------------------------------------------------------------
+# The report: plots, seed groups, --filter / --columns / --sort
+
+def history(train_errs: list[float], val_errs: list[float]) -> list[dict]:
+    """Per-epoch rows as run.train writes them."""
+    return [{"epoch": e, "train_loss": 1.0, "train_top1_err": t, "val_loss": 1.0, "val_top1_err": v,
+             "val_top5_err": 0.01, "lr": 0.1, "seconds": 1.0, "images_per_s": 1000.0}
+            for e, (t, v) in enumerate(zip(train_errs, val_errs), start=1)]
+
+
+def config(model: str = "resnet20", seed: int = 0, lr: float = 0.1) -> dict:
+    """The part of a resolved config that these tests vary."""
+    return {"model": {"name": model, "norm": None}, "optimizer": {"name": "sgd", "lr": lr},
+            "trainer": {"epochs": 2, "amp": "off"}, "seed": seed}
+
+
+def write_zoo(root: Path) -> None:
+    """Three completed networks whose GMACs span 1000x, and one failed run."""
+    write_run(root, "lenet5", model="lenet5", params=61_706, macs=416_520, top1_err=0.30,
+              train_images_per_s=50_000.0, config=config("lenet5"), history=history([0.5, 0.3], [0.45, 0.30]))
+    write_run(root, "resnet20", model="resnet20", params=272_474, macs=41_000_000, top1_err=0.09,
+              train_images_per_s=9_000.0, config=config("resnet20"), history=history([0.4, 0.05], [0.3, 0.09]))
+    write_run(root, "vgg16", model="vgg16", params=14_700_000, macs=313_000_000, top1_err=0.07,
+              train_images_per_s=2_000.0, config=config("vgg16"), history=history([0.3, 0.01], [0.2, 0.07]))
+    # Failed in epoch 2, after epoch 1 was evaluated: it has numbers, but is no result.
+    write_run(root, "broken", model="resnet110", status="failed", error="RuntimeError: CUDA out of memory",
+              top1_err=0.5, config=config("resnet110"), history=history([0.6], [0.5]))
+
+
+def bubbles(fig):
+    """The one scatter of runs in a figure from report.py."""
+    (collection,) = [c for ax in fig.axes for c in ax.collections if c.get_gid() == "runs"]
+    return collection
+
+
+def test_report_files_and_a_bubble_per_run(tmp_path, real_plots):
+    write_zoo(tmp_path)
+
+    assert compare_main([str(tmp_path)], None) == 0
+
+    for name in ("report.md", "report.html", "top1_vs_gmacs.png", "top1_vs_images_per_s.png",
+                 "error_curves.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    for png in tmp_path.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "report.md").read_text()
+    for png in ("top1_vs_gmacs.png", "top1_vs_images_per_s.png", "error_curves.png"):
+        assert f"]({png})" in md  # linked beside it
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("src='data:image/png;base64,") == 3  # self-contained
+    assert "<td>vgg16</td>" in page and "src='top1" not in page
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_bubble_plot_one_bubble_per_run_area_by_parameters(tmp_path):
+    write_zoo(tmp_path)
+    rows = sort_rows(group_rows(load_rows([str(tmp_path)])))
+
+    fig = bubble_figure(rows)
+
+    points = bubbles(fig)
+    ax = fig.axes[0]
+    assert len(points.get_offsets()) == 3  # the failed run is not a point
+    by_x = sorted(zip(points.get_offsets()[:, 0], points.get_sizes()))
+    assert [x for x, _ in by_x] == pytest.approx([0.00041652, 0.041, 0.313])
+    vgg, resnet = by_x[2][1], by_x[1][1]
+    assert resnet / vgg == pytest.approx(272_474 / 14_700_000)  # area proportional to parameters
+    assert {t.get_text() for t in ax.texts} == {"lenet5", "resnet20", "vgg16"}
+    assert ax.get_xscale() == "log"  # 0.0004 to 0.3 GMACs
+    assert "GMACs per image" in ax.get_xlabel() and "top-1 error %" in ax.get_ylabel()
+
+
+def test_narrow_range_keeps_a_linear_axis_and_throughput_plot(tmp_path):
+    write_run(tmp_path, "a", model="resnet20", macs=41_000_000, train_images_per_s=9_000.0, config=config("a"))
+    write_run(tmp_path, "b", model="resnet32", macs=69_000_000, train_images_per_s=6_000.0, config=config("b"))
+    rows = group_rows(load_rows([str(tmp_path)]))
+
+    assert bubble_figure(rows).axes[0].get_xscale() == "linear"  # 1.7x: no log axis
+    fig = throughput_figure(rows)
+    assert sorted(bubbles(fig).get_offsets()[:, 0]) == [6_000.0, 9_000.0]
+    assert fig.axes[0].get_xlabel().startswith("training images/s")
+
+
+def test_error_curves_per_run_from_history(tmp_path):
+    write_zoo(tmp_path)
+    rows = sort_rows(group_rows(load_rows([str(tmp_path)])))
+
+    fig = curves_figure(rows)
+
+    train_ax, val_ax = fig.axes[:2]
+    lines = {line.get_gid(): line for line in train_ax.get_lines()}
+    assert set(lines) == {"lenet5", "resnet20", "vgg16"}  # not the failed run
+    assert list(lines["resnet20"].get_xdata()) == [1, 2]
+    assert list(lines["resnet20"].get_ydata()) == pytest.approx([40.0, 5.0])  # percent
+    val = {line.get_gid(): line for line in val_ax.get_lines()}
+    assert list(val["vgg16"].get_ydata()) == pytest.approx([20.0, 7.0])
+    assert train_ax.get_ylabel() == "top-1 error %" and train_ax.get_xlabel() == "epoch"
+
+
+def test_seeds_are_grouped_mean_std_and_count(tmp_path):
+    for seed, err in enumerate([0.10, 0.12, 0.14]):
+        write_run(tmp_path, f"lr=0.1,seed={seed}", seed=seed, top1_err=err, train_images_per_s=1000.0 + seed,
+                  config=config(seed=seed), history=history([0.2 + seed / 10, 0.1], [0.3, err]))
+    write_run(tmp_path, "lr=0.01,seed=0", top1_err=0.20, config=config(lr=0.01))  # another config
+    write_run(tmp_path, "lr=0.1,seed=3", seed=3, status="failed", error="NaN loss", top1_err=None,
+              config=config(seed=3))  # same config, but failed: not averaged in
+
+    compare_main([str(tmp_path)], None)
+
+    rows = sort_rows(group_rows(load_rows([str(tmp_path)])))
+    assert [(r["run"], r["n_seeds"]) for r in rows] == [
+        ("lr=0.1,seed=*", 3), ("lr=0.01,seed=0", 1), ("lr=0.1,seed=3", 1)]
+    group = rows[0]
+    assert group["top1_err"] == pytest.approx(0.12)
+    assert group["std"]["top1_err"] == pytest.approx(0.02)  # sample standard deviation (n - 1)
+    assert group["train_images_per_s"] == pytest.approx(1001.0)
+    assert group["seed"] == "0, 1, 2" and group["params"] == 11173962  # equal values stay as they are
+    assert rows[1]["std"] == {}
+
+    table = [line for line in (tmp_path / "comparison.md").read_text().splitlines() if line.startswith("|")]
+    assert table[0].startswith("| run | model | dataset | optimizer | seed | n seeds |")
+    assert table[2].startswith("| lr=0.1,seed=* | resnet18 | cifar10 | sgd | 0, 1, 2 | 3 |")
+    assert "| 12.00 ± 2.00 |" in table[2]
+    assert len(table) == 2 + 3
+    assert len(read_csv(tmp_path)) == 5  # the CSV keeps one row of raw numbers per run
+
+    curve = {line.get_gid(): line for line in curves_figure(rows).axes[0].get_lines()}["lr=0.1,seed=*"]
+    assert list(curve.get_ydata()) == pytest.approx([30.0, 10.0])  # epoch 1: mean of 20, 30, 40 %
+
+
+def test_no_group_and_runs_without_config_stay_apart(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path, f"cfg{seed}", seed=seed, config=config(seed=seed))
+        write_run(tmp_path, f"old{seed}", seed=seed)  # no config recorded: cannot be matched
+
+    assert [r["n_seeds"] for r in group_rows(load_rows([str(tmp_path)]))] == [2, 1, 1]
+    compare_cli([str(tmp_path), "--no-group"])
+    md = (tmp_path / "comparison.md").read_text()
+    assert "| cfg0 |" in md and "| cfg1 |" in md and "±" not in md.split("\n\n")[0]
+
+
+def test_filter_columns_and_sort(tmp_path):
+    write_run(tmp_path, "r18", model="resnet18", params=11_000_000, top1_err=0.10, config=config("resnet18"))
+    write_run(tmp_path, "r50", model="resnet50", params=25_000_000, top1_err=0.08,
+              config=config("resnet50", lr=0.05))
+    write_run(tmp_path, "vgg", model="vgg16", params=138_000_000, top1_err=0.09, config=config("vgg16"))
+    write_run(tmp_path, "lenet", model="lenet5", params=61_706, top1_err=0.30, config=config("lenet5"))
+
+    def table():
+        md = (tmp_path / "comparison.md").read_text()
+        return [line for line in md.splitlines() if line.startswith("|")]
+
+    compare_cli([str(tmp_path), "--filter", "model=resnet*", "--columns", "run, params,optimizer.lr"])
+    assert table()[0] == "| run | params | optimizer.lr |"
+    assert table()[2:] == ["| r50 | 25,000,000 | 0.05 |", "| r18 | 11,000,000 | 0.1 |"]  # best first
+    assert [r["run"] for r in read_csv(tmp_path)] == ["r50", "r18"]  # the CSV is filtered too
+    assert "filtered by model=resnet*" in (tmp_path / "report.md").read_text()
+
+    # Two patterns for one key: either; different keys: both. Config keys filter like columns.
+    compare_cli([str(tmp_path), "--filter", "model=vgg*", "--filter", "model=lenet?",
+                 "--filter", "optimizer.lr=0.1", "--columns", "run", "--sort", "params", "--desc"])
+    assert table()[2:] == ["| vgg |", "| lenet |"]
+    compare_cli([str(tmp_path), "--columns", "run", "--sort", "params"])
+    assert table()[2:] == ["| lenet |", "| r18 |", "| r50 |", "| vgg |"]
+    compare_cli([str(tmp_path), "--columns", "run", "--sort", "optimizer.lr"])
+    assert table()[2] == "| r50 |"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--columns", "run,top1"], "unknown column 'top1'. Did you mean top1_err? Known columns: run, model"),
+    (["--columns", ","], "--columns is empty"),
+    (["--sort", "lr"], "Did you mean optimizer.lr?"),
+    (["--filter", "model"], "'model' is not KEY=PATTERN"),
+    (["--filter", "=resnet*"], "is not KEY=PATTERN"),
+    (["--filter", "modle=resnet*"], "--filter: unknown column 'modle'. Did you mean model?"),
+    (["--filter", "model=alexnet"], "No run matches the filters (1 run(s) found). Values present: model: resnet18"),
+    (["--out", ""], "An empty path"),
+])
+def test_bad_options_name_the_problem_and_the_fix(tmp_path, args, message):
+    write_run(tmp_path, "r1", config=config())
+    with pytest.raises(CnnbenchError) as e:
+        compare_cli([str(tmp_path), *args])
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)  # one paragraph
+    assert not (tmp_path / "report.md").exists()  # refused before writing anything
+
+
+def test_bad_option_exits_2_without_traceback(tmp_path):
+    write_run(tmp_path, "r1")
+    r = cnnbench("compare", "", cwd=tmp_path)
+    assert r.returncode == 2 and "empty path" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_failed_run_shows_in_report_but_not_in_plots(tmp_path):
+    write_zoo(tmp_path)
+
+    compare_main([str(tmp_path)], None)
+
+    md = (tmp_path / "report.md").read_text()
+    table = md.split("## ")[0]
+    assert "| broken | resnet110 |" in table and "| failed |" in table
+    assert "## Runs that did not complete" in md
+    assert "| broken | failed | RuntimeError: CUDA out of memory |" in md
+    assert "Not plotted: broken (failed)." in md
+    page = (tmp_path / "report.html").read_text()
+    assert "<td>RuntimeError: CUDA out of memory</td>" in page and "Not plotted: broken (failed)." in page
+
+
+def test_report_module_does_not_import_matplotlib_until_plotting():
+    code = "import sys, cnnbench.cli, cnnbench.report; assert 'matplotlib' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

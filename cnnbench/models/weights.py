@@ -14,7 +14,8 @@ from cnnbench.errors import CnnbenchError
 
 # torchvision's DenseNet files predate its current names: "denselayer1.norm.1.weight" is now
 # "denselayer1.norm1.weight" (torchvision.models.densenet._load_state_dict does the same).
-_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+                               r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def _map_keys(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
