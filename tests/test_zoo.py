@@ -15,6 +15,7 @@ import torchvision
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
+from cnnbench.measure import count_macs, count_params
 from cnnbench.models import create_model, get_model_info, list_models
 from cnnbench.models.layers import LocalResponseNorm
 
@@ -126,6 +127,20 @@ def test_mobilenet_v1_width_multiplier_matches_table_6(alpha, params, mmacs):
     assert n_params(model) == pytest.approx(params, abs=0.05e6)  # the paper rounds to 0.1 M
     assert macs(model) / 1e6 == pytest.approx(mmacs, rel=0.02)
 
+
+
+def test_mobilenet_v1_without_separable_convolutions_is_table_4s_conv_mobilenet():
+    # Table 4: "Conv MobileNet" (full 3x3 convolutions) 29.3 M parameters, 4866 M mult-adds; the
+    # separable one 4.2 M and 569 M. The gap is the factoring's saving (section 3.1, equation 5).
+    def build():
+        return create_model("mobilenet_v1", separable=False)
+
+    params, *_ = count_params(on_meta("mobilenet_v1", separable=False))
+    conv_macs = count_macs(build, (3, 224, 224))
+    assert (params, conv_macs) == (29_294_088, 4_867_293_184)
+    assert params == pytest.approx(29.3e6, rel=0.01) and conv_macs == pytest.approx(4866e6, rel=0.01)
+    separable_macs = count_macs(lambda: create_model("mobilenet_v1"), (3, 224, 224))
+    assert 8 < conv_macs / separable_macs < 9  # "8 to 9 times less computation" (section 3.1)
 
 # --- training at the smallest input -------------------------------------------------------------
 

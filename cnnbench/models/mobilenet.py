@@ -4,6 +4,8 @@
   Applications", Table 1. A full 3x3 convolution is factored into a depthwise 3x3 (one filter per
   channel) and a pointwise 1x1 that mixes channels: 8-9 times fewer multiply-adds (section 3.1).
   The width multiplier `alpha` thins every layer, cutting cost by about alpha^2 (section 3.3).
+  `separable=False` puts the full 3x3 convolution back in every layer: Table 4's "Conv MobileNet"
+  (29.3 M parameters, 4866 M mult-adds against 4.2 M and 569 M), the baseline the factoring beats.
 - v2: Sandler et al. 2018, "MobileNetV2: Inverted Residuals and Linear Bottlenecks", Table 2.
   Each block expands a narrow input 6x with a 1x1, filters it depthwise, and projects it back
   with a linear 1x1 (no ReLU, which would destroy information in few channels, section 3.2); the
@@ -33,10 +35,11 @@ _V1_LAYERS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
 
 
 class MobileNetV1(nn.Module):
-    """Conv 3x3/2 32 -> 13 depthwise separable layers -> average pool -> FC (Table 1)."""
+    """Conv 3x3/2 32 -> 13 depthwise separable layers -> average pool -> FC (Table 1); with
+    separable=False each layer is one full 3x3 convolution instead (Fig. 3 left, Table 4)."""
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, norm: str = "batch",
-                 dropout: float = 0.001, stem: str = "imagenet", alpha: float = 1.0):
+                 dropout: float = 0.001, stem: str = "imagenet", alpha: float = 1.0, separable: bool = True):
         super().__init__()
         if alpha <= 0:
             raise ValueError(f"alpha (width multiplier) must be positive, got {alpha}")
@@ -46,11 +49,16 @@ class MobileNetV1(nn.Module):
         def width(channels: int) -> int:  # section 3.3: alpha * M channels in every layer
             return max(1, int(channels * alpha))
 
+        def block(in_ch: int, out_ch: int, stride: int) -> nn.Module:
+            if separable:  # Fig. 3 right: depthwise 3x3, pointwise 1x1, each with norm and ReLU
+                return DepthwiseSeparable(in_ch, out_ch, stride, norm_layer=norm_layer)
+            return ConvNormAct(in_ch, out_ch, 3, stride, norm_layer=norm_layer)  # Fig. 3 left
+
         ch = width(32)
         layers: List[nn.Module] = [ConvNormAct(in_channels, ch, 3, 1 if small else 2, norm_layer=norm_layer)]
         for i, (out, stride) in enumerate(_V1_LAYERS):
             stride = 1 if small and i == 1 else stride  # the first stride-2 layer
-            layers.append(DepthwiseSeparable(ch, width(out), stride, norm_layer=norm_layer))
+            layers.append(block(ch, width(out), stride))
             ch = width(out)
         self.features = nn.Sequential(*layers)
         self.avgpool = GlobalAvgPool()
@@ -135,10 +143,12 @@ class MobileNetV2(nn.Module):
                 paper="Howard et al., MobileNets: Efficient Convolutional Neural Networks for Mobile "
                       "Vision Applications")
 def mobilenet_v1(num_classes: int = 1000, in_channels: int = 3, norm: str = "batch", dropout: float = 0.001,
-                 stem: str = "imagenet", alpha: float = 1.0) -> MobileNetV1:
+                 stem: str = "imagenet", alpha: float = 1.0, separable: bool = True) -> MobileNetV1:
     """MobileNet v1: 4,231,976 parameters and 569 M multiply-adds at alpha 1.0, 224 px, 1000 classes.
-    `dropout` 0.001 is the reference implementation's (the paper uses little regularisation)."""
-    return MobileNetV1(num_classes, in_channels, norm, dropout, stem, alpha)
+    `dropout` 0.001 is the reference implementation's (the paper uses little regularisation).
+    `separable=False` builds Table 4's "Conv MobileNet" (full 3x3 convolutions): 29,294,088
+    parameters and 4,867 M multiply-adds at the same size."""
+    return MobileNetV1(num_classes, in_channels, norm, dropout, stem, alpha, separable)
 
 
 @register_model("mobilenet_v2", family="mobilenet", year=2018, min_size=1,
