@@ -15,6 +15,7 @@ import importlib.resources
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -132,6 +133,18 @@ def _is_hydra_override(o: str) -> bool:
     return o.lstrip("+~").startswith("hydra")
 
 
+def _check_output_dir(path: Path, key: str) -> None:
+    """The folder Hydra is about to create must be creatable: its nearest existing ancestor is a
+    writable directory."""
+    parent = path.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        why = "is not a directory" if not parent.is_dir() else "is not writable"
+        raise CnnbenchError(f"Cannot create the output folder {path}: {parent} {why}. Choose another place "
+                            f"with {key}=... (or run from a folder you can write to).")
+
+
 def plan_jobs(overrides: List[str], multirun: bool) -> tuple:
     """(jobs, multirun): the overrides of every job the command line makes. An experiment can
     make a sweep by itself (hydra.mode: MULTIRUN with hydra.sweeper.params), so the primary
@@ -145,6 +158,8 @@ def plan_jobs(overrides: List[str], multirun: bool) -> tuple:
              else o.input_line for o in parsed]  # one job's worth, to read the hydra node
     primary = compose("config", overrides=first, return_hydra_config=True)
     multirun = multirun or primary.hydra.mode == RunMode.MULTIRUN
+    _check_output_dir(Path(primary.hydra.sweep.dir if multirun else primary.hydra.run.dir),
+                      "hydra.sweep.dir" if multirun else "hydra.run.dir")
     own = [o for o in overrides if not _is_hydra_override(o)]
     if not multirun:
         return [own], False
@@ -169,6 +184,8 @@ def preflight(overrides: List[str], multirun: bool) -> None:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="train"):
         try:
             jobs, multirun = plan_jobs(overrides, multirun)
+        except CnnbenchError:
+            raise
         except Exception as e:
             if _debug():
                 raise
@@ -286,9 +303,10 @@ def _task(cfg) -> Optional[dict]:
             _job_failed(run_dir, str(e))
             return None
         _remove_if_empty(run_dir)
-        raise _JobExit(_fail(str(e)))
-    except KeyboardInterrupt:
-        raise _JobExit(_fail(f"interrupted; what was done so far is in {run_dir}", 130))
+        raise _JobExit(_fail(str(e), e.exit_code))
+    except KeyboardInterrupt as e:  # the sweep stops too: the user (or the scheduler) asked for it
+        code = 128 + getattr(e, "signum", signal.SIGINT)
+        raise _JobExit(_fail(f"interrupted; what was done so far is in {run_dir}", code))
     except Exception as e:
         if _debug():
             raise
@@ -542,6 +560,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except CnnbenchError as e:
         if _debug():
             raise
-        return _fail(str(e))
+        return _fail(str(e), e.exit_code)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)

@@ -22,6 +22,11 @@ class Choice(str, Enum):
         return format(self.value, spec)
 
 
+class OnNan(Choice):
+    stop = "stop"  # end the run with status diverged (checked once per log interval, no extra sync)
+    skip_step = "skip_step"  # leave that update out and go on (reads the loss every step)
+
+
 class Amp(Choice):
     off = "off"  # float32 throughout
     bf16 = "bf16"  # autocast to bfloat16, no loss scaling needed
@@ -151,6 +156,8 @@ class TrainerConf:
     skip_completed: Optional[bool] = None  # a job whose results.json says completed is not run
     #                                        again; null = true in sweeps (-m), false otherwise
     checkpoint: bool = True  # write checkpoints/last.pt each epoch and best.pt on improvement
+    checkpoint_every_steps: int = 0  # also save last.pt every N steps inside an epoch; 0 = at epoch ends
+    on_nan: OnNan = OnNan.stop  # a non-finite training loss: stop (status diverged) | skip_step
     resume: bool = False  # continue from checkpoints/last.pt in the run directory
     threads: int = 0  # CPU threads for torch; 0 = torch's default (one per core)
     deterministic: bool = False  # deterministic kernels (slower; for exact reproduction)

@@ -27,6 +27,7 @@ class StepConfig:
     max_steps: int = 0  # stop the epoch after this many steps; 0 = all
     max_eval_steps: int = 0  # evaluate on this many batches only; 0 = all
     log_every: int = 50  # steps between reads of the running metrics
+    on_nan: str = "stop"  # a non-finite loss: stop (raise Diverged) | skip_step (leave the update out)
 
 
 def classification_loss(output, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -59,57 +60,135 @@ def sync_device(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
+class Diverged(ArithmeticError):
+    """The loss stopped being a finite number (trainer.on_nan=stop)."""
+
+    def __init__(self, step: int):
+        super().__init__(f"the training loss is not finite (NaN or infinity) at step {step}")
+        self.step = step
+
+
+@dataclass
+class EpochState:
+    """Where an epoch stands: enough to continue it exactly after a restart (mid-epoch
+    checkpoints carry it). Running sums stay on the device; they are read once per log interval."""
+
+    step: int = 0  # batches done in this epoch
+    totals: Optional[torch.Tensor] = None  # (2,) loss sum and top-1 errors over the logged windows
+    window: Optional[torch.Tensor] = None  # (2,) the same since the last log
+    images: int = 0  # images in totals
+    window_images: int = 0  # images in window
+    first_bad_step: Optional[torch.Tensor] = None  # () global step of the first non-finite loss, -1 = none
+    skipped_steps: int = 0  # on_nan=skip_step: updates left out because the loss was not finite
+    seconds: float = 0.0  # time spent in this epoch by earlier processes (a resumed epoch)
+
+    def to(self, device: torch.device) -> "EpochState":
+        for name in ("totals", "window"):
+            value = getattr(self, name)
+            setattr(self, name, torch.zeros(2, device=device) if value is None else value.to(device))
+        bad = self.first_bad_step
+        self.first_bad_step = torch.tensor(-1, device=device) if bad is None else bad.to(device)
+        return self
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
                     scheduler, scaler: torch.amp.GradScaler, step: StepConfig, global_step: int,
-                    on_log: Callable[[int, dict], None], on_step: Callable[[], None] = lambda: None) -> dict:
-    """One pass over the training loader. Calls on_log(global_step, {"train/loss", "train/top1_err"})
-    every step.log_every steps and on_step() after every step (the progress bar). Returns the
-    epoch's loss, top-1 error, images, seconds and steady-state images/s."""
+                    on_log: Callable[[int, dict], None],
+                    on_step: Callable[[int, EpochState], bool] = lambda global_step, state: False,
+                    state: Optional[EpochState] = None) -> dict:
+    """One pass over the training loader, from batch state.step on (0 = the start; a resumed
+    epoch goes on where its checkpoint left it, with the same data order).
+
+    Calls on_log(global_step, {"train/loss", "train/top1_err"}) every step.log_every steps, and
+    on_step(global_step, state) after every step: the progress bar, mid-epoch checkpoints; it
+    returns True to stop the epoch there (a signal). A non-finite loss raises Diverged at the next
+    log read (step.on_nan="stop"), or skips that update (step.on_nan="skip_step", one host read
+    per step). Returns the epoch's loss, top-1 error, images, seconds, steady-state images/s,
+    the global step, whether it stopped early, and its state."""
     model.train()
+    state = (state or EpochState()).to(step.device)
     n_steps = min(len(loader), step.max_steps) if step.max_steps else len(loader)
-    warmup = min(10, n_steps // 10)  # steps left out of the throughput figure
-    totals = torch.zeros(2, device=step.device)  # loss sum, top-1 errors: whole epoch
-    window = torch.zeros(2, device=step.device)  # the same since the last log
-    images = window_images = 0
+    run_steps = n_steps - state.step  # what this call does
+    warmup = min(10, run_steps // 10)  # steps left out of the throughput figure
+    done = 0
+    stopped = False
     t0 = t_warm = time.perf_counter()
-    for i, (x, y) in enumerate(loader):
-        if i == n_steps:
+    for x, y in loader:  # the caller has set the loader's epoch and start batch
+        if state.step == n_steps:
             break
-        if i == warmup:
+        if done == warmup:
             sync_device(step.device)
             t_warm = time.perf_counter()
         with _autocast(step):
             output = model(x)
             loss = classification_loss(output, y, step.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if step.grad_clip > 0:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            nn.utils.clip_grad_norm_(model.parameters(), step.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        finite = torch.isfinite(loss)
+        skip = step.on_nan == "skip_step" and not finite  # a host read per step, in this mode only
+        if skip:
+            state.skipped_steps += 1
+        else:
+            scaler.scale(loss).backward()
+            if step.grad_clip > 0:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                nn.utils.clip_grad_norm_(model.parameters(), step.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
         scheduler.step()
         global_step += 1
+        state.step += 1
+        done += 1
 
         logits = output[0] if isinstance(output, tuple) else output
-        with torch.no_grad():  # two small device ops a step; no host sync
-            window += torch.stack([loss.detach().float() * len(y), (logits.argmax(1) != y).sum().float()])
-        window_images += len(y)
-        if global_step % step.log_every == 0 or i == n_steps - 1:
-            loss_sum, errors = window.tolist()  # the one host sync per interval
-            on_log(global_step, {"train/loss": loss_sum / window_images, "train/top1_err": errors / window_images})
-            totals += window
-            images += window_images
-            window.zero_()
-            window_images = 0
-        on_step()
+        if not skip:
+            with torch.no_grad():  # small device ops a step; no host sync (a Python int is passed by value)
+                state.window += torch.stack([loss.detach().float() * len(y), (logits.argmax(1) != y).sum().float()])
+                state.first_bad_step = torch.where((state.first_bad_step < 0) & ~finite, global_step,
+                                                   state.first_bad_step)
+            state.window_images += len(y)
+        if global_step % step.log_every == 0 or state.step == n_steps:
+            log_window(state, global_step, step, on_log)
+        if on_step(global_step, state) and state.step < n_steps:
+            stopped = True
+            break
     sync_device(step.device)
     t1 = time.perf_counter()
-    loss_sum, errors = totals.tolist()
-    steady = (n_steps - warmup) * (images / max(n_steps, 1))  # images after the warm-up steps
-    return {"loss": loss_sum / max(images, 1), "top1_err": errors / max(images, 1), "images": int(images),
-            "seconds": t1 - t0, "images_per_s": steady / (t1 - t_warm) if t1 > t_warm else None,
-            "global_step": global_step}
+    if state.window_images:  # stopped between log steps
+        log_window(state, global_step, step, on_log)
+    elif state.images == 0 and state.skipped_steps:  # on_nan=skip_step, and not one finite loss
+        raise Diverged(global_step)
+    loss_sum, errors = state.totals.tolist()
+    steady = (done - warmup) * (state.images / max(state.step, 1))  # images after the warm-up steps
+    return {"loss": loss_sum / max(state.images, 1), "top1_err": errors / max(state.images, 1),
+            "images": int(state.images), "seconds": state.seconds + t1 - t0,
+            "images_per_s": steady / (t1 - t_warm) if t1 > t_warm and done > warmup else None,
+            "global_step": global_step, "stopped": stopped, "skipped_steps": state.skipped_steps,
+            "state": state}
+
+
+def check_finite(state: EpochState) -> None:
+    """Raise Diverged if a loss of this epoch so far was not finite (one host read)."""
+    bad = int(state.first_bad_step)
+    if bad >= 0:
+        raise Diverged(bad)
+
+
+def log_window(state: EpochState, global_step: int, step: StepConfig, on_log) -> None:
+    """Read the running sums (the one host sync per log interval), report them, fold them into
+    the epoch's totals. Raises Diverged if a loss since the start of the epoch was not finite."""
+    loss_sum, errors, bad = torch.cat([state.window, state.first_bad_step.float()[None]]).tolist()
+    if bad >= 0:
+        raise Diverged(int(bad))
+    if state.window_images:  # 0 when every step since the last log was skipped (on_nan=skip_step)
+        on_log(global_step, {"train/loss": loss_sum / state.window_images,
+                             "train/top1_err": errors / state.window_images})
+    state.totals += state.window
+    state.images += state.window_images
+    state.window.zero_()
+    state.window_images = 0
 
 
 @torch.no_grad()

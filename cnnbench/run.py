@@ -11,11 +11,14 @@ import logging
 import math
 import os
 import random
+import shutil
+import signal
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -23,7 +26,7 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from cnnbench import engine, measure, track
-from cnnbench.errors import CnnbenchError
+from cnnbench.errors import CnnbenchError, RunFailed, RunInterrupted
 from cnnbench.models import create_model, get_model_info, weights
 from cnnbench.report import gmacs
 
@@ -112,6 +115,18 @@ def validate(cfg: DictConfig) -> None:
             raise CnnbenchError(f"{key}={value} is outside [0, 1). Use a probability such as 0.5.")
     if d.num_classes is not None and d.num_classes < 1:
         raise CnnbenchError(f"dataset.num_classes={d.num_classes} must be at least 1.")
+    classes = d.num_classes  # imagefolder: null, one class per folder under root/train
+    train_dir = Path(d.root).expanduser() / "train"
+    if classes is None and _value(d.name) == "imagefolder" and train_dir.is_dir():
+        classes = sum(1 for p in train_dir.iterdir() if p.is_dir())
+    if m.num_classes is not None and m.num_classes < 1:
+        raise CnnbenchError(f"model.num_classes={m.num_classes} must be at least 1. Leave it unset: it follows "
+                            f"the dataset.")
+    if m.num_classes is not None and classes and m.num_classes < classes:
+        raise CnnbenchError(
+            f"model.num_classes={m.num_classes} is fewer than the {classes} classes of dataset={_value(d.name)}: "
+            f"labels up to {classes - 1} would have no output. Leave model.num_classes unset (it "
+            f"follows the dataset) or set it to {classes} or more.")
     if len(d.mean) != d.in_channels or len(d.std) != d.in_channels or min(d.std) <= 0:
         raise CnnbenchError(f"dataset.mean and dataset.std need one value per channel "
                             f"({d.in_channels}), std > 0; got mean={list(d.mean)} std={list(d.std)}.")
@@ -437,7 +452,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     amp_dtype = _AMP_DTYPES[_value(t.amp)]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step_cfg = engine.StepConfig(device, amp_dtype, t.grad_clip, t.label_smoothing, t.max_steps_per_epoch,
-                                 t.max_eval_steps, t.log_every_steps)
+                                 t.max_eval_steps, t.log_every_steps, _value(t.on_nan))
 
     results: Dict[str, Any] = {
         "status": "running", "error": None, "run_dir": str(run.dir.resolve()),
@@ -454,7 +469,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "env": measure.environment(device),
         "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
     }
-    start_epoch, global_step, prior_wall = 0, 0, 0.0
+    start_epoch, global_step, prior_wall, resumed_epoch = 0, 0, 0.0, None
     if t.resume:
         state = track.load_checkpoint(run.last, m.name)
         model.load_state_dict(state["weights"])
@@ -463,78 +478,123 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         start_epoch, global_step = state["epoch"], state["global_step"]
+        if state.get("epoch_state"):  # saved inside an epoch: go on from that batch
+            resumed_epoch = engine.EpochState(**state["epoch_state"])
         results.update(state["results"])
         prior_wall = results["wall_time_s"]
-        log.info(f"Resuming {run.dir} at epoch {start_epoch + 1}, step {global_step}.")
+        where = f", batch {resumed_epoch.step + 1}" if resumed_epoch else ""
+        log.info(f"Resuming {run.dir} at epoch {start_epoch + 1}{where} (step {global_step}).")
 
     log.info(f"{m.name}: {params:,} parameters, {gmacs(macs)} GMACs/image at {image_size} px; "
              f"{_value(d.name)} ({data.train_size:,} train / {data.val_size:,} val, {data.source}) "
              f"on {device}")
-    run.dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run.dir, _checkpoint_bytes(model, optimizer) if t.checkpoint else 0)
     track.write_results(run.results, results)
     tb = track.TensorBoard(run.dir, purge_step=global_step + 1 if t.resume else None)
     if t.log_filters and not t.resume:
         tb.filters(model, global_step)  # the filters before training (a resumed run has them)
     grad_weights = measure.layer_weights(model) if t.log_grad_norms else {}
     measure.reset_peak_memory(device)
+    last_saved = f"{run.last} (epoch {start_epoch}, step {global_step})" if t.resume else None
+
+    def save_last(epochs_done: int, step: int, epoch_state=None, epoch_seconds: float = 0.0) -> None:
+        """checkpoints/last.pt: everything needed to go on from here, mid-epoch included."""
+        nonlocal last_saved
+        if epoch_state is not None:
+            engine.check_finite(epoch_state)  # never save weights a non-finite loss has spoiled
+            epoch_state = {**epoch_state.state_dict(), "seconds": epoch_seconds}
+        results["wall_time_s"] = prior_wall + time.perf_counter() - t_start
+        track.save_checkpoint(run.last, {
+            "model": m.name, "weights": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "epoch": epochs_done, "epoch_state": epoch_state, "global_step": step, "rng": _rng_state(),
+            "results": {k: results[k] for k in _RESUMED_KEYS}, "config": results["config"]})
+        last_saved = f"{run.last} (epoch {epochs_done}, step {step})"
 
     t_start = time.perf_counter()
     try:
-        for epoch in range(start_epoch, t.epochs):
-            train_loader.set_epoch(epoch)
-            with _progress(t.progress, epoch, t.epochs, steps_per_epoch, d.batch_size) as bar:
-                def on_log(step, values):
-                    norms = {f"grad_norm/{k}": v for k, v in measure.grad_norms(grad_weights).items()}
-                    tb.scalars({**values, "lr": optimizer.param_groups[0]["lr"], **norms}, step)
-                    bar.show(values["train/loss"])
+        with _StopRequest() as stop:
+            for epoch in range(start_epoch, t.epochs):
+                epoch_state, resumed_epoch = resumed_epoch, None
+                train_loader.set_epoch(epoch, start=epoch_state.step if epoch_state else 0)
+                seconds_before = epoch_state.seconds if epoch_state else 0.0
+                t_epoch = time.perf_counter()
+                with _progress(t.progress, epoch, t.epochs, steps_per_epoch, d.batch_size,
+                               epoch_state.step if epoch_state else 0) as bar:
+                    def on_log(step, values):
+                        norms = {f"grad_norm/{k}": v for k, v in measure.grad_norms(grad_weights).items()}
+                        tb.scalars({**values, "lr": optimizer.param_groups[0]["lr"], **norms}, step)
+                        bar.show(values["train/loss"])
 
-                stats = engine.train_one_epoch(model, train_loader, optimizer, scheduler, scaler, step_cfg,
-                                               global_step, on_log, bar.advance)
-            global_step = stats["global_step"]
-            row = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_top1_err": stats["top1_err"],
-                   "val_loss": None, "val_top1_err": None, "val_top5_err": None,
-                   "lr": optimizer.param_groups[0]["lr"], "seconds": stats["seconds"],
-                   "images_per_s": stats["images_per_s"]}
-            if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
-                val = engine.evaluate(model, val_loader, step_cfg)
-                row.update(val_loss=val["loss"], val_top1_err=val["top1_err"], val_top5_err=val["top5_err"])
-                results.update(loss=val["loss"], top1_err=val["top1_err"], top5_err=val["top5_err"],
-                               val_images=val["images"])  # fewer than the split with max_eval_steps
-                tb.scalars({"val/loss": val["loss"], "val/top1_err": val["top1_err"],
-                            "val/top5_err": val["top5_err"]}, global_step)
-                improved = results["best_top1_err"] is None or val["top1_err"] < results["best_top1_err"]
-                if improved:
-                    results.update(best_top1_err=val["top1_err"], best_epoch=epoch + 1)
-            else:
-                improved = False
-            tb.scalars({"images_per_s": stats["images_per_s"]}, global_step)
-            results["history"].append(row)
-            results["epochs"] = epoch + 1
-            rates = [r["images_per_s"] for r in results["history"] if r["images_per_s"]]
-            results["train_images_per_s"] = statistics.median(rates) if rates else None  # steady state
-            results["peak_memory_bytes"], results["peak_memory_kind"] = measure.peak_memory(device)
-            results["wall_time_s"] = prior_wall + time.perf_counter() - t_start
-            log.info(_epoch_line(row, t.epochs))
-            if t.checkpoint:
-                track.save_checkpoint(run.last, {
-                    "model": m.name, "weights": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "epoch": epoch + 1, "global_step": global_step, "rng": _rng_state(),
-                    "results": {k: results[k] for k in _RESUMED_KEYS}, "config": results["config"]})
-                if improved:
-                    track.save_checkpoint(run.best, {"model": m.name, "weights": model.state_dict(),
-                                                     "epoch": epoch + 1, "top1_err": results["best_top1_err"],
-                                                     "config": results["config"]})
-            track.write_results(run.results, results)
-    except KeyboardInterrupt:
-        results.update(status="interrupted", error="interrupted by the user (Ctrl-C)")
+                    def on_step(step, state) -> bool:
+                        bar.advance()
+                        if (t.checkpoint and t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0
+                                and state.step < steps_per_epoch):
+                            save_last(epoch, step, state, seconds_before + time.perf_counter() - t_epoch)
+                        return stop.signum is not None
+
+                    stats = engine.train_one_epoch(model, train_loader, optimizer, scheduler, scaler, step_cfg,
+                                                   global_step, on_log, on_step, epoch_state)
+                global_step = stats["global_step"]
+                if stats["stopped"]:  # a signal, inside the epoch: save the position and go
+                    save_last(epoch, global_step, stats["state"], seconds_before + time.perf_counter() - t_epoch)
+                    raise RunInterrupted(stop.signum)
+                row = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_top1_err": stats["top1_err"],
+                       "val_loss": None, "val_top1_err": None, "val_top5_err": None,
+                       "lr": optimizer.param_groups[0]["lr"], "seconds": stats["seconds"],
+                       "images_per_s": stats["images_per_s"], "skipped_steps": stats["skipped_steps"]}
+                if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+                    val = engine.evaluate(model, val_loader, step_cfg)
+                    row.update(val_loss=val["loss"], val_top1_err=val["top1_err"], val_top5_err=val["top5_err"])
+                    results.update(loss=val["loss"], top1_err=val["top1_err"], top5_err=val["top5_err"],
+                                   val_images=val["images"])  # fewer than the split with max_eval_steps
+                    tb.scalars({"val/loss": val["loss"], "val/top1_err": val["top1_err"],
+                                "val/top5_err": val["top5_err"]}, global_step)
+                    improved = results["best_top1_err"] is None or val["top1_err"] < results["best_top1_err"]
+                    if improved:
+                        results.update(best_top1_err=val["top1_err"], best_epoch=epoch + 1)
+                else:
+                    improved = False
+                tb.scalars({"images_per_s": stats["images_per_s"]}, global_step)
+                results["history"].append(row)
+                results["epochs"] = epoch + 1
+                results["skipped_steps"] = sum(r.get("skipped_steps") or 0 for r in results["history"])
+                rates = [r["images_per_s"] for r in results["history"] if r["images_per_s"]]
+                results["train_images_per_s"] = statistics.median(rates) if rates else None  # steady state
+                results["peak_memory_bytes"], results["peak_memory_kind"] = measure.peak_memory(device)
+                results["wall_time_s"] = prior_wall + time.perf_counter() - t_start
+                log.info(_epoch_line(row, t.epochs))
+                if t.checkpoint:
+                    save_last(epoch + 1, global_step)
+                    if improved:
+                        track.save_checkpoint(run.best, {"model": m.name, "weights": model.state_dict(),
+                                                         "epoch": epoch + 1, "top1_err": results["best_top1_err"],
+                                                         "config": results["config"]})
+                track.write_results(run.results, results)
+                if stop.signum is not None and epoch + 1 < t.epochs:  # a signal during evaluation
+                    raise RunInterrupted(stop.signum)
+    except KeyboardInterrupt as e:
+        how = {signal.SIGTERM: "SIGTERM"}.get(getattr(e, "signum", None), "SIGINT (Ctrl-C)")
+        saved = f"; continue it from {last_saved} with trainer.resume=true" if last_saved else ""
+        results.update(status="interrupted", error=f"interrupted by {how}{saved}")
         track.write_results(run.results, results)
         tb.close()
         raise
-    except Exception as e:
-        results.update(status="failed", error=f"{type(e).__name__}: {e}")
+    except engine.Diverged as e:
+        saved = (f"The last good checkpoint is {last_saved}." if last_saved else "No checkpoint was saved before it.")
+        message = (f"{m.name} diverged: {e}. {saved} Lower optimizer.lr (it is {o.lr}), add trainer.grad_clip=1.0, "
+                   f"or set trainer.on_nan=skip_step to leave such steps out.")
+        results.update(status="diverged", error=message, diverged_step=e.step)
         track.write_results(run.results, results)
         tb.close()
+        raise RunFailed(message) from None
+    except Exception as e:
+        oom = _out_of_memory(e, device, d.batch_size)
+        results.update(status="failed", error=oom or f"{type(e).__name__}: {e}")
+        track.write_results(run.results, results)
+        tb.close()
+        if oom:
+            raise RunFailed(oom) from None
         raise
 
     results["status"] = "completed"
@@ -562,15 +622,87 @@ def _epoch_line(row: dict, epochs: int) -> str:
             f"{100 * row['train_top1_err']:.2f}%{val} | {rate} | {row['seconds']:.1f} s")
 
 
+class _StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's pre-emption) while training: the first asks the
+    loop to stop after the current step, save checkpoints/last.pt and results.json, and exit; a
+    second exits at once. Files are only ever replaced by rename, so neither leaves one half-written."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = None
+        self.previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+        os.write(2, b"\nStopping after this step to save the run; signal again to quit at once.\n")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # Python's rule for handlers
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        return False
+
+
+def _checkpoint_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """About what last.pt will take: the weights and buffers, plus the optimizer's state (momentum
+    buffers, Adam's two moments: up to two tensors per parameter)."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    slots = {"SGD": 1, "RMSprop": 2, "Adagrad": 1}.get(type(optimizer).__name__, 2)
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights + slots * params
+
+
+def check_writable(run_dir: Path, checkpoint_bytes: int) -> None:
+    """Before the first step: the run directory takes a small write, and its disk has room for
+    last.pt, the temporary copy made while replacing it, and best.pt."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        track.atomic_write_text(run_dir / ".cnnbench-write-test", "ok\n")
+        (run_dir / ".cnnbench-write-test").unlink()
+    except OSError as e:
+        raise CnnbenchError(f"Cannot write to the run directory {run_dir}: {e.strerror or e}. Choose a "
+                            f"writable place with hydra.run.dir=... (hydra.sweep.dir=... in a sweep).") from None
+    need = 3 * checkpoint_bytes
+    free = shutil.disk_usage(run_dir).free
+    if free < need:
+        raise CnnbenchError(
+            f"The disk holding {run_dir} has {free / 2**20:,.0f} MiB free, but this run's checkpoints need "
+            f"about {need / 2**20:,.0f} MiB (last.pt, its temporary copy while it is replaced, best.pt). "
+            f"Free some space, write elsewhere with hydra.run.dir=..., or set trainer.checkpoint=false.")
+
+
+def _out_of_memory(e: Exception, device: torch.device, batch_size: int) -> Optional[str]:
+    """The message for an out-of-memory error, or None if e is something else."""
+    if isinstance(e, torch.OutOfMemoryError) or "CUDA out of memory" in str(e):
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+        total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 0
+        return (f"{device} ran out of memory at dataset.batch_size={batch_size} (peak "
+                f"{peak / 2**20:,.0f} MiB allocated of {total / 2**20:,.0f} MiB). Lower dataset.batch_size, "
+                f"or find the largest batch that fits with `cnnbench profile model=... "
+                f"profile.find_max_batch=true`.")
+    if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):
+        return (f"The machine ran out of memory at dataset.batch_size={batch_size}: {e}. Lower "
+                f"dataset.batch_size (or dataset.image_size), or use a machine with more memory.")
+    return None
+
+
 class _progress:
     """A rich progress bar for one epoch, shown only on a terminal (no noise in logs or CI)."""
 
-    def __init__(self, enabled: bool, epoch: int, epochs: int, steps: int, batch_size: int):
+    def __init__(self, enabled: bool, epoch: int, epochs: int, steps: int, batch_size: int, done: int = 0):
         from rich.console import Console
 
         self.console = Console()
         self.enabled = enabled and self.console.is_terminal
         self.epoch, self.epochs, self.steps, self.batch_size = epoch, epochs, steps, batch_size
+        self.done = done  # steps of this epoch done before a resume
 
     def __enter__(self):
         if self.enabled:
@@ -581,7 +713,7 @@ class _progress:
             self.bar = Progress(TextColumn(f"epoch {self.epoch + 1}/{self.epochs}"), BarColumn(),
                                 MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), images_per_s,
                                 TimeRemainingColumn(), console=self.console, transient=True)
-            self.task = self.bar.add_task("train", total=self.steps, loss="…", rate="")
+            self.task = self.bar.add_task("train", total=self.steps, completed=self.done, loss="…", rate="")
             self.bar.start()
         return self
 

@@ -97,3 +97,46 @@ def test_train_one_epoch_lowers_the_loss():
     assert logged == [2, 4, 6, 8]
     val = engine.evaluate(model, loader, step)
     assert val["top1_err"] < 0.2 and val["top5_err"] == 0  # 2 classes: top-5 is always right
+
+
+def _toy(seed=0):
+    torch.manual_seed(seed)
+    x = torch.randn(64, 8)
+    y = (x[:, 0] > 0).long()
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    return model, opt, sched, [(x[i:i + 8], y[i:i + 8]) for i in range(0, 64, 8)]
+
+
+def test_an_epoch_stopped_and_continued_from_its_state_matches_one_pass():
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    step = engine.StepConfig(torch.device("cpu"), log_every=3)
+    model, opt, sched, batches = _toy()
+    whole = engine.train_one_epoch(model, batches, opt, sched, scaler, step, 0, lambda s, v: None)
+
+    model2, opt2, sched2, _ = _toy()
+    stop_at_5 = engine.train_one_epoch(model2, batches, opt2, sched2, scaler, step, 0, lambda s, v: None,
+                                       lambda s, state: s == 5)
+    assert stop_at_5["stopped"] and stop_at_5["global_step"] == 5 and stop_at_5["state"].step == 5
+    rest = engine.train_one_epoch(model2, batches[5:], opt2, sched2, scaler, step, 5, lambda s, v: None,
+                                  state=stop_at_5["state"])
+    assert rest["global_step"] == 8 and rest["images"] == whole["images"] == 64 and not rest["stopped"]
+    assert (rest["loss"], rest["top1_err"]) == (whole["loss"], whole["top1_err"])  # the same sums, exactly
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+
+
+def test_a_non_finite_loss_stops_the_run_at_its_step_or_is_skipped():
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    model, opt, sched, batches = _toy()
+    batches[3] = (torch.full_like(batches[3][0], float("nan")), batches[3][1])  # step 4 sees NaN
+    with pytest.raises(engine.Diverged) as e:
+        engine.train_one_epoch(model, batches, opt, sched, scaler, engine.StepConfig(torch.device("cpu"),
+                               log_every=50), 0, lambda s, v: None)
+    assert e.value.step == 4  # exact, although the loss was only read at the end of the epoch
+
+    model, opt, sched, _ = _toy()
+    skip = engine.StepConfig(torch.device("cpu"), log_every=2, on_nan="skip_step")
+    r = engine.train_one_epoch(model, batches, opt, sched, scaler, skip, 0, lambda s, v: None)
+    assert r["skipped_steps"] == 1 and r["images"] == 56 and math.isfinite(r["loss"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -41,19 +41,25 @@ class Normalize:
         return torch.addcmul(self.shift, x.float(), self.scale)
 
 
+def crop_flip_draws(b: int, pad: int, gen: torch.Generator, device: torch.device):
+    """The random numbers random_crop_flip uses for a batch of b images: offsets and flips."""
+    dy = torch.randint(0, 2 * pad + 1, (b,), device=device, generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (b,), device=device, generator=gen)
+    flip = torch.rand(b, device=device, generator=gen) < 0.5
+    return dy, dx, flip
+
+
 def random_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
     """Random crop with zero padding + horizontal flip, a different draw per image (He et al.
     2015, section 4.2). x: (B, C, H, W) uint8 on any device."""
     b, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H + 2p, W + 2p)
-    dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=gen)
+    dy, dx, flip = crop_flip_draws(b, pad, gen, x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     chan = torch.arange(c, device=x.device)[None, :, None, None]
     out = padded[batch, chan, rows, cols]  # (B, C, H, W)
-    flip = torch.rand(b, device=x.device, generator=gen) < 0.5
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
@@ -61,7 +67,8 @@ class InMemoryLoader:
     """Iterates (images, labels) batches over uint8 tensors that already sit on the device.
 
     The order of epoch e comes from a generator seeded with (seed, e), so an epoch's batches are
-    reproducible from its number alone: resuming needs no loader state beyond the epoch.
+    reproducible from its number alone: resuming needs no loader state beyond the epoch and the
+    batch to start from.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean, std,
@@ -70,10 +77,11 @@ class InMemoryLoader:
         self.batch_size, self.train, self.augment, self.seed = batch_size, train, augment, seed
         self.resize_to = image_size if image_size and image_size != images.shape[-1] else None
         self.normalize = Normalize(mean, std, images.device)
-        self.epoch = 0
+        self.epoch = self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """The next pass is epoch `epoch`, from batch `start` (a resumed epoch's position)."""
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
         n = self.images.shape[0]
@@ -90,7 +98,10 @@ class InMemoryLoader:
         gen.manual_seed(self.seed * 1_000_003 + self.epoch)
         n = self.images.shape[0]
         order = torch.randperm(n, device=device, generator=gen) if self.train else None
-        for i in range(len(self)):
+        if self.augment and self.train:  # the draws the skipped batches would have made
+            for _ in range(self.start):
+                crop_flip_draws(self.batch_size, 4, gen, device)
+        for i in range(self.start if self.train else 0, len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             idx = order[sl] if order is not None else None
             x = self.images[idx] if idx is not None else self.images[sl]
