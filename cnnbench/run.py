@@ -44,6 +44,10 @@ _OPTIONAL_OPTIMIZER_KEYS = ("momentum", "nesterov", "betas", "eps", "alpha")
 # What a checkpoint carries of results.json, so a resumed run reports the whole run.
 _RESUMED_KEYS = ("history", "best_top1_err", "best_epoch", "top1_err", "top5_err", "loss", "epochs",
                  "wall_time_s", "train_images_per_s")
+# What a resumed run may change: how long it trains and how it is watched, not what it computes.
+_RESUMABLE_CHANGES = {"trainer.epochs", "trainer.eval_every", "trainer.log_every_steps", "trainer.max_eval_steps",
+                      "trainer.checkpoint", "trainer.checkpoint_every_steps", "trainer.log_grad_norms",
+                      "trainer.log_filters", "trainer.device", "trainer.on_nan"}
 _AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -472,6 +476,13 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     start_epoch, global_step, prior_wall, resumed_epoch = 0, 0, 0.0, None
     if t.resume:
         state = track.load_checkpoint(run.last, m.name)
+        changed = [k for k in _config_differences(state.get("config") or {}, results["config"])
+                   if k not in _RESUMABLE_CHANGES]
+        if changed:
+            raise CnnbenchError(
+                f"{run.last} was saved by a run with another config ({', '.join(changed[:6])} differ); resuming "
+                f"would mix two experiments. Resume with the run's own settings (see {run.dir}/.hydra/"
+                f"overrides.yaml; only trainer.epochs and how the run is logged may change), or start a new run.")
         model.load_state_dict(state["weights"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

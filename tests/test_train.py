@@ -77,6 +77,11 @@ def test_resume_continues_where_the_run_stopped(tmp_path):
     # The same run, asked for 2 epochs: trains only the second.
     again = cnnbench("train", *TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert again.returncode == 2 and "already holds a run" in again.stderr
+    before = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    other = cnnbench("train", *TINY, "trainer.epochs=2", "optimizer.lr=0.5", "trainer.resume=true",
+                     f"hydra.run.dir={run_dir}", cwd=tmp_path)  # another experiment: refused, nothing touched
+    assert other.returncode == 2 and "(optimizer.lr differ)" in " ".join(other.stderr.split())
+    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
     resumed = cnnbench("train", *TINY, "trainer.epochs=2", "trainer.resume=true",
                        f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
