@@ -145,6 +145,9 @@ def _check_output_dir(path: Path, key: str) -> None:
                             f"with {key}=... (or run from a folder you can write to).")
 
 
+_PLANNED: dict = {}  # what preflight worked out: the run directory of a single run
+
+
 def plan_jobs(overrides: List[str], multirun: bool) -> tuple:
     """(jobs, multirun): the overrides of every job the command line makes. An experiment can
     make a sweep by itself (hydra.mode: MULTIRUN with hydra.sweeper.params), so the primary
@@ -158,6 +161,7 @@ def plan_jobs(overrides: List[str], multirun: bool) -> tuple:
              else o.input_line for o in parsed]  # one job's worth, to read the hydra node
     primary = compose("config", overrides=first, return_hydra_config=True)
     multirun = multirun or primary.hydra.mode == RunMode.MULTIRUN
+    _PLANNED["run_dir"] = str(primary.hydra.run.dir)  # resolved now: torchrun's ranks share rank 0's
     _check_output_dir(Path(primary.hydra.sweep.dir if multirun else primary.hydra.run.dir),
                       "hydra.sweep.dir" if multirun else "hydra.run.dir")
     own = [o for o in overrides if not _is_hydra_override(o)]
@@ -215,6 +219,7 @@ class _JobExit(SystemExit):
     (Hydra lets SystemExit through; this subclass keeps it apart from Hydra's own exit 1)."""
 
 
+_RUN_DIR = "CNNBENCH_RUN_DIR"  # torchrun ranks other than 0: the run directory rank 0 writes
 _COMMAND = {"name": "train"}  # which command the Hydra task runs: train or profile
 # In a sweep, each job that does not complete appends a line to this file; the launcher may run
 # jobs in other processes (joblib), so a list in memory would not see them.
@@ -281,7 +286,7 @@ def _task(cfg) -> Optional[dict]:
     from cnnbench import run
 
     hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
+    run_dir = Path(os.environ.get(_RUN_DIR) or hc.runtime.output_dir)  # torchrun: rank 0's, in every rank
     sweeping = hc.mode == RunMode.MULTIRUN
     command = _COMMAND["name"]
     if sweeping:
@@ -318,7 +323,8 @@ def _task(cfg) -> Optional[dict]:
             return None
         raise _JobExit(_fail(message, 1))
     if command == "train":
-        _summary(results)
+        if os.environ.get(_RUN_DIR) is None:  # torchrun: rank 0 speaks for the run
+            _summary(results)
     else:
         from cnnbench.report import profile_tables
 
@@ -440,17 +446,34 @@ def hydra_main(command: str, args: List[str]) -> int:
     import hydra
     from hydra._internal.utils import get_args_parser
 
+    from cnnbench import distributed
     from cnnbench.config import register_configs
 
     register_configs()
     parsed = get_args_parser().parse_args(args)
     _register_resolvers()
     informational = parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.shell_completion
+    world = distributed.world()
+    if world.active and (command != "train" or parsed.multirun):
+        return _fail(f"torchrun starts one `cnnbench train` run over {world.size} processes; `cnnbench "
+                     f"{command}{' -m' if parsed.multirun else ''}` does not run under it. Run sweeps without "
+                     f"torchrun (hydra/launcher=slurm gives each job its own processes), profiles on one device.")
     if not informational:
         try:
-            preflight(parsed.overrides, parsed.multirun)
+            preflight(parsed.overrides, parsed.multirun or False)
         except CnnbenchError as e:
             return _fail(str(e))
+    rank_dir = None
+    if world.active and not informational:  # every process trains in rank 0's run directory
+        distributed.init()
+        shared = distributed.broadcast(_PLANNED.get("run_dir"))
+        args = [a for a in args if not a.startswith("hydra.run.dir=")]
+        if world.main:
+            args.append(f"hydra.run.dir={shared}")
+        else:  # Hydra gets a scratch folder and no log file; the run's files are rank 0's to write
+            rank_dir = tempfile.mkdtemp(prefix=f"cnnbench-rank{world.rank}-")
+            args += [f"hydra.run.dir={rank_dir}", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+            os.environ[_RUN_DIR] = shared
     main = hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")(_task)
     gpu_locks = _gpu_slots(args)
     argv0 = sys.argv[0]
@@ -471,6 +494,9 @@ def hydra_main(command: str, args: List[str]) -> int:
         return 2 if e.code == 1 else (e.code or 0)
     finally:
         sys.argv[0] = argv0
+        if rank_dir:
+            shutil.rmtree(rank_dir, ignore_errors=True)
+        distributed.finish()
         failed = Path(failed_log).read_text(encoding="utf-8").splitlines()
         os.unlink(failed_log)
         os.environ.pop(_FAILED_LOG, None)

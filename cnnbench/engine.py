@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnbench import distributed
+
 AUX_WEIGHT = 0.3  # GoogLeNet's auxiliary classifiers: loss weight each (Szegedy et al. 2014, 5)
 
 
@@ -28,6 +30,8 @@ class StepConfig:
     max_eval_steps: int = 0  # evaluate on this many batches only; 0 = all
     log_every: int = 50  # steps between reads of the running metrics
     on_nan: str = "stop"  # a non-finite loss: stop (raise Diverged) | skip_step (leave the update out)
+    channels_last: bool = False  # hand the model NHWC batches (the model's weights are NHWC too)
+    distributed: bool = False  # torchrun: sum the running metrics over every process at each read
 
 
 def classification_loss(output, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -115,10 +119,22 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
     warmup = min(10, run_steps // 10)  # steps left out of the throughput figure
     done = 0
     stopped = False
+    data_wait = 0.0  # host seconds spent waiting for the next batch
+    first_step = None  # seconds of this call's first step (with torch.compile: mostly compiling)
+    batches = iter(loader)  # the caller has set the loader's epoch and start batch
     t0 = t_warm = time.perf_counter()
-    for x, y in loader:  # the caller has set the loader's epoch and start batch
-        if state.step == n_steps:
+    while state.step < n_steps:
+        t_fetch = time.perf_counter()
+        try:
+            x, y = next(batches)
+        except StopIteration:
             break
+        data_wait += time.perf_counter() - t_fetch
+        if step.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if done == 1:
+            sync_device(step.device)
+            first_step = time.perf_counter() - t0
         if done == warmup:
             sync_device(step.device)
             t_warm = time.perf_counter()
@@ -166,19 +182,38 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
             "images": int(state.images), "seconds": state.seconds + t1 - t0,
             "images_per_s": steady / (t1 - t_warm) if t1 > t_warm and done > warmup else None,
             "global_step": global_step, "stopped": stopped, "skipped_steps": state.skipped_steps,
-            "state": state}
+            "data_wait_s": data_wait, "first_step_s": first_step, "state": state}
 
 
-def check_finite(state: EpochState) -> None:
-    """Raise Diverged if a loss of this epoch so far was not finite (one host read)."""
+def check_finite(state: EpochState, step: StepConfig) -> None:
+    """Raise Diverged if a loss of this epoch so far was not finite, in any process (one host read).
+    Under torchrun, also folds the running window into the totals, summed over the processes, so
+    that the state a checkpoint saves is the same in every process."""
+    if step.distributed:
+        _reduce_window(state, step)
+        state.totals += state.window
+        state.images += state.window_images
+        state.window.zero_()
+        state.window_images = 0
     bad = int(state.first_bad_step)
     if bad >= 0:
         raise Diverged(bad)
 
 
+def _reduce_window(state: EpochState, step: StepConfig) -> None:
+    """torchrun: the window's sums and image count over every process; the first bad step of any."""
+    counts = torch.cat([state.window, torch.tensor([float(state.window_images)], device=step.device)])
+    distributed.all_sum(counts)
+    state.window.copy_(counts[:2])
+    state.window_images = int(counts[2])
+    distributed.all_max(state.first_bad_step)
+
+
 def log_window(state: EpochState, global_step: int, step: StepConfig, on_log) -> None:
     """Read the running sums (the one host sync per log interval), report them, fold them into
     the epoch's totals. Raises Diverged if a loss since the start of the epoch was not finite."""
+    if step.distributed:
+        _reduce_window(state, step)
     loss_sum, errors, bad = torch.cat([state.window, state.first_bad_step.float()[None]]).tolist()
     if bad >= 0:
         raise Diverged(int(bad))
@@ -200,10 +235,12 @@ def evaluate(model: nn.Module, loader: Iterable, step: StepConfig) -> dict:
     for i, (x, y) in enumerate(loader):
         if i == step.max_eval_steps > 0:
             break
+        if step.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(step):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y, reduction="sum")
         totals += torch.stack([loss, *topk_errors(logits, y, (1, 5)).float(),
                                torch.tensor(float(len(y)), device=step.device)])
-    loss_sum, err1, err5, images = totals.tolist()
+    loss_sum, err1, err5, images = distributed.all_sum(totals).tolist()  # every process's share
     return {"loss": loss_sum / images, "top1_err": err1 / images, "top5_err": err5 / images, "images": int(images)}

@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -134,6 +134,56 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+# Dense peak FLOP/s of a GPU's tensor cores (no structured sparsity), by the precision training
+# runs its convolutions and matrix products in: NVIDIA's datasheets (H100 SXM/PCIe and H200:
+# "NVIDIA H100 Tensor Core GPU" and "NVIDIA H200" datasheets; A100: "NVIDIA A100 Tensor Core GPU"
+# datasheet, SXM). fp32 is "tf32" when PyTorch lets cuDNN use TF32 for convolutions (its default).
+PEAK_TFLOPS = {
+    "H100 SXM": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "H100 PCIe": {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2},
+    "H200": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
+}
+
+
+def _peak_key(device: torch.device) -> Optional[str]:
+    name = torch.cuda.get_device_name(device)
+    if "H200" in name:
+        return "H200"
+    if "H100" in name:
+        return "H100 PCIe" if "PCIe" in name else "H100 SXM"
+    return "A100" if "A100" in name else None
+
+
+def _precision(amp: str) -> str:
+    if amp in ("bf16", "fp16"):
+        return amp
+    return "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
+
+
+def mfu_note(device: torch.device, amp: str) -> str:
+    """What the mfu figure is measured against, or why there is none."""
+    if device.type != "cuda":
+        return "no mfu on the CPU: cnnbench keeps peak FLOP/s for NVIDIA data-centre GPUs only"
+    key = _peak_key(device)
+    if key is None:
+        return f"no peak FLOP/s known for {torch.cuda.get_device_name(device)} (measure.PEAK_TFLOPS)"
+    return f"against {PEAK_TFLOPS[key][_precision(amp)]} TFLOP/s, {key} dense {_precision(amp)} (datasheet)"
+
+
+def mfu(macs_per_image: int, images_per_s: Optional[float], device: torch.device, amp: str,
+        processes: int = 1) -> Optional[float]:
+    """Model FLOP/s utilisation of training: 3 x forward FLOPs per image (forward, and backward's
+    two products) x images/s, over the dense peak of the GPUs used. None on the CPU or an unknown GPU."""
+    if device.type != "cuda" or not images_per_s:
+        return None
+    key = _peak_key(device)
+    if key is None:
+        return None
+    achieved = 3 * 2 * macs_per_image * images_per_s  # FLOP/s; 1 MAC = 2 FLOPs
+    return achieved / (PEAK_TFLOPS[key][_precision(amp)] * 1e12 * processes)
 
 
 def environment(device: torch.device) -> dict:

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
-from cnnbench import engine, measure, track
+from cnnbench import distributed, engine, measure, track
 from cnnbench.errors import CnnbenchError, RunFailed, RunInterrupted
 from cnnbench.models import create_model, get_model_info, weights
 from cnnbench.report import gmacs
@@ -205,9 +205,11 @@ def resolve_device(name: str) -> torch.device:
 # Objects from config
 # ---------------------------------------------------------------------------------------------
 
-def build_optimizer(model: nn.Module, o) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, o, fused: bool = False) -> torch.optim.Optimizer:
     """torch.optim from the config. Unless decay_norm_and_bias, weight decay skips 1-d tensors
-    (norm scales and shifts, biases): shrinking them regularises nothing useful."""
+    (norm scales and shifts, biases): shrinking them regularises nothing useful. fused: one kernel
+    for the whole update, where PyTorch has one (SGD, Adam, AdamW on CUDA); else its foreach
+    (multi-tensor) default."""
     cls, own = _OPTIMIZERS[_value(o.name)]
     params = [p for p in model.parameters() if p.requires_grad]
     if o.decay_norm_and_bias or o.weight_decay == 0:
@@ -216,6 +218,8 @@ def build_optimizer(model: nn.Module, o) -> torch.optim.Optimizer:
         groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": o.weight_decay},
                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     kwargs = {k: (tuple(o[k]) if k == "betas" else o[k]) for k in own if o[k] is not None}
+    if fused and cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
+        kwargs["fused"] = True
     return cls([g for g in groups if g["params"]], lr=o.lr, **kwargs)
 
 
@@ -250,10 +254,18 @@ def build_scheduler(optimizer, s, lr: float, epochs: int, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _prepare(t, seed: int) -> torch.device:
-    """The process-wide settings a run or a profile starts from: device, threads, determinism,
-    cuDNN autotuning, seeds."""
+def _prepare(t, seed: int, world: distributed.World = distributed.World()) -> torch.device:
+    """The process-wide settings a run or a profile starts from: device (under torchrun, the GPU
+    of this process's local rank), threads, determinism, cuDNN autotuning, seeds."""
     device = resolve_device(t.device)
+    if world.active:
+        distributed.init()
+        if device.type == "cuda":
+            device = torch.device("cuda", world.local_rank)
+            torch.cuda.set_device(device)
+        if t.sync_bn and device.type != "cuda":
+            raise CnnbenchError("trainer.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm runs on GPUs). "
+                                "Remove it for CPU training.")
     if t.threads:
         torch.set_num_threads(t.threads)
     if t.deterministic:
@@ -417,7 +429,10 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     run = Run(Path(run_dir))
     check_run_dir(cfg, run.dir)
     m, d, o, s, t = cfg.model, cfg.dataset, cfg.optimizer, cfg.scheduler, cfg.trainer
-    device = _prepare(t, cfg.seed)
+    world = distributed.world()  # torchrun's processes; one without it
+    device = _prepare(t, cfg.seed, world)
+    distributed.barrier()  # every process has checked the run directory before rank 0 writes to it
+    main = world.main  # only this process writes results, TensorBoard and checkpoints
 
     # Data first: a missing dataset fails before anything is written.
     from cnnbench.data import build_data
@@ -426,7 +441,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     if d.image_size is None and image_size != d.native_size:
         log.info(f"Resizing {d.native_size} px images to {image_size} px, the size {m.name} takes "
                  f"(set dataset.image_size to choose).")
-    train_loader, val_loader, data = build_data(OmegaConf.to_object(d), device, cfg.seed, image_size)
+    train_loader, val_loader, data = build_data(OmegaConf.to_object(d), device, cfg.seed, image_size,
+                                                world.rank, world.size)
     num_classes = m.num_classes if m.num_classes is not None else data.num_classes
     input_shape = (data.in_channels, image_size, image_size)
 
@@ -445,18 +461,32 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         if _value(m.freeze) == "backbone":
             weights.freeze_backbone(model, heads)
             log.info(f"Training only {', '.join(heads)}; the rest is frozen.")
-    model = model.to(device)
     params, trainable, param_bytes, training_only = measure.count_params(model)
     macs = measure.count_macs(build, input_shape)
     act_bytes = measure.activation_bytes(build, input_shape)
 
+    # Speed: each setting resolved here and recorded in results.json.
+    amp = _value(t.amp) if _value(t.amp) != "auto" else ("bf16" if device.type == "cuda" and
+                                                          torch.cuda.is_bf16_supported() else "off")
+    channels_last = t.channels_last if t.channels_last is not None else device.type == "cuda"
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if t.sync_bn and world.active:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # statistics over the global batch
+    # `model` stays the plain module (counts, checkpoints, filters); `net` is what trains: wrapped
+    # for data parallelism (gradients averaged over the processes) and compiled, as asked.
+    net = model
+    if world.active:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.compile:
+        net = torch.compile(net)
+
     steps_per_epoch = min(len(train_loader), t.max_steps_per_epoch) if t.max_steps_per_epoch else len(train_loader)
-    optimizer = build_optimizer(model, o)
+    optimizer = build_optimizer(model, o, fused=device.type == "cuda")
     scheduler = build_scheduler(optimizer, s, o.lr, t.epochs, steps_per_epoch)
-    amp_dtype = _AMP_DTYPES[_value(t.amp)]
+    amp_dtype = _AMP_DTYPES[amp]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step_cfg = engine.StepConfig(device, amp_dtype, t.grad_clip, t.label_smoothing, t.max_steps_per_epoch,
-                                 t.max_eval_steps, t.log_every_steps, _value(t.on_nan))
+                                 t.max_eval_steps, t.log_every_steps, _value(t.on_nan), channels_last, world.active)
 
     results: Dict[str, Any] = {
         "status": "running", "error": None, "run_dir": str(run.dir.resolve()),
@@ -467,6 +497,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "activation_bytes": act_bytes, "param_bytes": param_bytes,
         "peak_memory_bytes": None, "peak_memory_kind": None, "train_images_per_s": None,
         "input_shape": list(input_shape), "num_classes": num_classes, "batch_size": d.batch_size,
+        "world_size": world.size, "global_batch_size": d.batch_size * world.size,  # batch_size is per process
+        "amp": amp, "channels_last": channels_last, "compile": t.compile,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark, "fused_optimizer": device.type == "cuda",
+        "compile_s": None, "data_wait_s": None, "compute_s": None, "mfu": None,
+        "mfu_note": measure.mfu_note(device, amp),
         "train_images": data.train_size, "val_images": data.val_size, "data_source": data.source,
         "epochs": 0, "top1_err": None, "top5_err": None, "loss": None,
         "best_top1_err": None, "best_epoch": None, "wall_time_s": 0.0, "history": [],
@@ -499,9 +534,14 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     log.info(f"{m.name}: {params:,} parameters, {gmacs(macs)} GMACs/image at {image_size} px; "
              f"{_value(d.name)} ({data.train_size:,} train / {data.val_size:,} val, {data.source}) "
              f"on {device}")
-    check_writable(run.dir, _checkpoint_bytes(model, optimizer) if t.checkpoint else 0)
-    track.write_results(run.results, results)
-    tb = track.TensorBoard(run.dir, purge_step=global_step + 1 if t.resume else None)
+    def record() -> None:
+        if main:
+            track.write_results(run.results, results)
+
+    if main:
+        check_writable(run.dir, _checkpoint_bytes(model, optimizer) if t.checkpoint else 0)
+    record()
+    tb = track.TensorBoard(run.dir, purge_step=global_step + 1 if t.resume else None) if main else track.NoBoard()
     if t.log_filters and not t.resume:
         tb.filters(model, global_step)  # the filters before training (a resumed run has them)
     grad_weights = measure.layer_weights(model) if t.log_grad_norms else {}
@@ -512,9 +552,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         """checkpoints/last.pt: everything needed to go on from here, mid-epoch included."""
         nonlocal last_saved
         if epoch_state is not None:
-            engine.check_finite(epoch_state)  # never save weights a non-finite loss has spoiled
+            engine.check_finite(epoch_state, step_cfg)  # never save weights a non-finite loss has spoiled
             epoch_state = {**epoch_state.state_dict(), "seconds": epoch_seconds}
         results["wall_time_s"] = prior_wall + time.perf_counter() - t_start
+        if not main:
+            return
         track.save_checkpoint(run.last, {
             "model": m.name, "weights": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
@@ -542,9 +584,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                         if (t.checkpoint and t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0
                                 and state.step < steps_per_epoch):
                             save_last(epoch, step, state, seconds_before + time.perf_counter() - t_epoch)
+                        if world.active:  # stop together, at a log step (the processes meet there anyway)
+                            return step % t.log_every_steps == 0 and stop.agreed(device)
                         return stop.signum is not None
 
-                    stats = engine.train_one_epoch(model, train_loader, optimizer, scheduler, scaler, step_cfg,
+                    stats = engine.train_one_epoch(net, train_loader, optimizer, scheduler, scaler, step_cfg,
                                                    global_step, on_log, on_step, epoch_state)
                 global_step = stats["global_step"]
                 if stats["stopped"]:  # a signal, inside the epoch: save the position and go
@@ -553,8 +597,13 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                 row = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_top1_err": stats["top1_err"],
                        "val_loss": None, "val_top1_err": None, "val_top5_err": None,
                        "lr": optimizer.param_groups[0]["lr"], "seconds": stats["seconds"],
-                       "images_per_s": stats["images_per_s"], "skipped_steps": stats["skipped_steps"]}
+                       "images_per_s": stats["images_per_s"], "skipped_steps": stats["skipped_steps"],
+                       "data_wait_s": stats["data_wait_s"], "compute_s": stats["seconds"] - stats["data_wait_s"]}
+                if t.compile and epoch == start_epoch and stats["first_step_s"] is not None:
+                    results["compile_s"] = stats["first_step_s"]  # the first step: tracing and compiling
                 if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+                    # The plain module: evaluation needs no gradient averaging, and a compiled model
+                    # would compile a second graph for evaluation mode.
                     val = engine.evaluate(model, val_loader, step_cfg)
                     row.update(val_loss=val["loss"], val_top1_err=val["top1_err"], val_top5_err=val["top5_err"])
                     results.update(loss=val["loss"], top1_err=val["top1_err"], top5_err=val["top5_err"],
@@ -572,23 +621,26 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                 results["skipped_steps"] = sum(r.get("skipped_steps") or 0 for r in results["history"])
                 rates = [r["images_per_s"] for r in results["history"] if r["images_per_s"]]
                 results["train_images_per_s"] = statistics.median(rates) if rates else None  # steady state
+                results["data_wait_s"] = sum(r.get("data_wait_s") or 0.0 for r in results["history"])
+                results["compute_s"] = sum(r.get("compute_s") or 0.0 for r in results["history"])
+                results["mfu"] = measure.mfu(macs, results["train_images_per_s"], device, amp, world.size)
                 results["peak_memory_bytes"], results["peak_memory_kind"] = measure.peak_memory(device)
                 results["wall_time_s"] = prior_wall + time.perf_counter() - t_start
                 log.info(_epoch_line(row, t.epochs))
                 if t.checkpoint:
                     save_last(epoch + 1, global_step)
-                    if improved:
+                    if improved and main:
                         track.save_checkpoint(run.best, {"model": m.name, "weights": model.state_dict(),
                                                          "epoch": epoch + 1, "top1_err": results["best_top1_err"],
                                                          "config": results["config"]})
-                track.write_results(run.results, results)
-                if stop.signum is not None and epoch + 1 < t.epochs:  # a signal during evaluation
-                    raise RunInterrupted(stop.signum)
+                record()
+                if epoch + 1 < t.epochs and (stop.agreed(device) if world.active else stop.signum is not None):
+                    raise RunInterrupted(stop.signum or signal.SIGTERM)  # a signal during evaluation
     except KeyboardInterrupt as e:
         how = {signal.SIGTERM: "SIGTERM"}.get(getattr(e, "signum", None), "SIGINT (Ctrl-C)")
         saved = f"; continue it from {last_saved} with trainer.resume=true" if last_saved else ""
         results.update(status="interrupted", error=f"interrupted by {how}{saved}")
-        track.write_results(run.results, results)
+        record()
         tb.close()
         raise
     except engine.Diverged as e:
@@ -596,28 +648,30 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         message = (f"{m.name} diverged: {e}. {saved} Lower optimizer.lr (it is {o.lr}), add trainer.grad_clip=1.0, "
                    f"or set trainer.on_nan=skip_step to leave such steps out.")
         results.update(status="diverged", error=message, diverged_step=e.step)
-        track.write_results(run.results, results)
+        record()
         tb.close()
         raise RunFailed(message) from None
     except Exception as e:
         oom = _out_of_memory(e, device, d.batch_size)
         results.update(status="failed", error=oom or f"{type(e).__name__}: {e}")
-        track.write_results(run.results, results)
+        record()
         tb.close()
         if oom:
             raise RunFailed(oom) from None
         raise
 
+    if world.active:
+        results["weights_in_sync"] = distributed.weights_agree(model)  # DDP's promise, checked
     results["status"] = "completed"
     results["wall_time_s"] = prior_wall + time.perf_counter() - t_start
-    track.write_results(run.results, results)
+    record()
     if t.log_filters:
         tb.filters(model, global_step)  # what training made of them
     tb.hparams(
         {"model": m.name, "norm": _value(m.norm) or "default", "dataset": _value(d.name),
          "image_size": image_size, "augment": d.augment, "optimizer": _value(o.name), "lr": o.lr,
          "weight_decay": o.weight_decay, "scheduler": _value(s.name), "batch_size": d.batch_size,
-         "epochs": t.epochs, "amp": _value(t.amp), "label_smoothing": t.label_smoothing, "seed": cfg.seed},
+         "epochs": t.epochs, "amp": amp, "label_smoothing": t.label_smoothing, "seed": cfg.seed},
         {"top1_err": results["top1_err"], "top5_err": results["top5_err"], "params": params,
          "gmacs": macs / 1e9, "peak_memory_mb": results["peak_memory_bytes"] / 2**20,
          "images_per_s": results["train_images_per_s"]})
@@ -649,6 +703,15 @@ class _StopRequest:
             os._exit(128 + signum)
         self.signum = signum
         os.write(2, b"\nStopping after this step to save the run; signal again to quit at once.\n")
+
+    def agreed(self, device: torch.device) -> bool:
+        """Under torchrun: whether any process was signalled (a collective: every process calls it
+        at the same step, so they all stop at that step)."""
+        flag = torch.tensor([0 if self.signum is None else self.signum], device=device)
+        signum = int(distributed.all_max(flag))
+        if signum and self.signum is None:
+            self.signum = signum
+        return bool(signum)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # Python's rule for handlers

@@ -72,6 +72,24 @@ def save_checkpoint(path, state: Dict[str, Any]) -> None:
     _atomic_write(path, lambda f: torch.save(state, f))
 
 
+def why_unloadable(e: Exception) -> tuple:
+    """(refused, reason) for an exception of torch.load(..., weights_only=True): refused when the
+    file holds pickled objects other than tensors (code, which cnnbench never runs), else the
+    file is broken. The reason is one phrase, for a message."""
+    import pickle
+    import re
+
+    text = " ".join(str(e).split())
+    if isinstance(e, pickle.UnpicklingError):  # weights_only's refusal names the object
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1).rstrip('.')})" if found else ""
+        return True, (f"it holds pickled Python objects{what}, which could run code; cnnbench loads files "
+                      f"with torch.load(weights_only=True) and never runs code from a file")
+    first = text.split(". ")[0][:160]  # torch's first sentence says what failed
+    error = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return False, f"it is truncated, corrupt or not a file torch.save wrote ({error})"
+
+
 def load_checkpoint(path, model_name: str) -> Dict[str, Any]:
     """Load a checkpoint written by save_checkpoint, refusing anything else. Tensors and plain
     containers only (`weights_only=True`): a file cannot run code in cnnbench."""
@@ -82,16 +100,19 @@ def load_checkpoint(path, model_name: str) -> Dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CnnbenchError(f"Checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:200]}). It is "
-                            f"truncated, corrupt or not a cnnbench checkpoint; start a new run instead "
-                            f"of resuming.") from None
+        refused, why = why_unloadable(e)
+        raise CnnbenchError(f"Checkpoint {path} {'was refused' if refused else 'cannot be read'}: {why}. "
+                            f"Resume only from a checkpoint cnnbench wrote, or start a new run (another "
+                            f"hydra.run.dir, without trainer.resume).") from None
     if not isinstance(state, dict) or state.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+        version = state.get("format_version") if isinstance(state, dict) else None
         raise CnnbenchError(f"Checkpoint {path} is not a cnnbench checkpoint of format version "
-                            f"{CHECKPOINT_FORMAT_VERSION}. Start a new run instead of resuming.")
+                            f"{CHECKPOINT_FORMAT_VERSION} (found {version!r}). Resume it with the cnnbench "
+                            f"that wrote it, or start a new run (another hydra.run.dir, without trainer.resume).")
     if state.get("model") != model_name:
         raise CnnbenchError(f"Checkpoint {path} holds a {state.get('model')!r} model, but this run is "
-                            f"model={model_name}. Resume with model={state.get('model')}, or start a "
-                            f"new run directory.")
+                            f"model={model_name}. Resume with model={state.get('model')} (and the run's other "
+                            f"overrides), or start a new run in another hydra.run.dir.")
     return state
 
 
@@ -141,3 +162,19 @@ class TensorBoard:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class NoBoard:
+    """What processes other than rank 0 log under torchrun: nothing (rank 0 writes the events)."""
+
+    def scalars(self, values: Dict[str, float], step: int) -> None:
+        pass
+
+    def filters(self, model, step: int) -> None:
+        pass
+
+    def hparams(self, hparams: Dict[str, Any], metrics: Dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

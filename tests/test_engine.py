@@ -119,7 +119,15 @@ def test_an_epoch_stopped_and_continued_from_its_state_matches_one_pass():
     stop_at_5 = engine.train_one_epoch(model2, batches, opt2, sched2, scaler, step, 0, lambda s, v: None,
                                        lambda s, state: s == 5)
     assert stop_at_5["stopped"] and stop_at_5["global_step"] == 5 and stop_at_5["state"].step == 5
-    rest = engine.train_one_epoch(model2, batches[5:], opt2, sched2, scaler, step, 5, lambda s, v: None,
+    class FromBatch(list):  # a loader that, like InMemoryLoader, starts where set_epoch says
+        start = 0
+
+        def __iter__(self):
+            return iter(self[self.start:])
+
+    later = FromBatch(batches)
+    later.start = 5
+    rest = engine.train_one_epoch(model2, later, opt2, sched2, scaler, step, 5, lambda s, v: None,
                                   state=stop_at_5["state"])
     assert rest["global_step"] == 8 and rest["images"] == whole["images"] == 64 and not rest["stopped"]
     assert (rest["loss"], rest["top1_err"]) == (whole["loss"], whole["top1_err"])  # the same sums, exactly

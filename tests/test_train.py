@@ -34,8 +34,15 @@ def test_results_json_has_every_field_with_sane_values(tiny_run):
     assert r["best_epoch"] in (1, 2) and r["wall_time_s"] > 0
     row = r["history"][-1]
     assert set(row) == {"epoch", "train_loss", "train_top1_err", "val_loss", "val_top1_err",
-                        "val_top5_err", "lr", "seconds", "images_per_s"}
-    assert row["val_top1_err"] == r["top1_err"]
+                        "val_top5_err", "lr", "seconds", "images_per_s", "skipped_steps", "data_wait_s",
+                        "compute_s"}
+    assert row["val_top1_err"] == r["top1_err"] and row["skipped_steps"] == 0
+    assert 0 <= row["data_wait_s"] < row["seconds"] and row["compute_s"] == row["seconds"] - row["data_wait_s"]
+    # Speed settings, resolved for the CPU and recorded; mfu needs a GPU's peak, and says so.
+    assert (r["amp"], r["channels_last"], r["compile"], r["world_size"]) == ("off", False, False, 1)
+    assert r["global_batch_size"] == r["batch_size"] and r["compile_s"] is None
+    assert r["mfu"] is None and "no mfu on the CPU" in r["mfu_note"]
+    assert r["data_wait_s"] == sum(h["data_wait_s"] for h in r["history"])
     env = r["env"]
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["threads"] >= 1
     assert {"cnnbench", "git_commit", "cuda", "device_name", "hostname"} <= set(env)

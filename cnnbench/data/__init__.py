@@ -142,13 +142,19 @@ def _make_synthetic(num_classes: int, channels: int, size: int, n_train: int, n_
 # The door
 # ---------------------------------------------------------------------------------------------
 
-def build_data(conf, device: torch.device, seed: int, image_size: int) -> Tuple[object, object, DataInfo]:
+def build_data(conf, device: torch.device, seed: int, image_size: int, rank: int = 0,
+               world: int = 1) -> Tuple[object, object, DataInfo]:
     """conf: a cnnbench.config.DatasetConf; image_size: the px the model gets (already checked
-    against the model's minimum). Returns (train_loader, val_loader, info)."""
+    against the model's minimum); rank, world: this process's share under torchrun. Returns
+    (train_loader, val_loader, info)."""
     name = getattr(conf.name, "value", conf.name)
     if name == "imagefolder":
         from cnnbench.data.folder import build_imagefolder
 
+        if world > 1:
+            raise CnnbenchError("dataset=imagefolder does not shard across torchrun processes yet; use an "
+                                "in-memory dataset (mnist, fashion_mnist, cifar10/100, synthetic) with torchrun, "
+                                "or train on one GPU.")
         return build_imagefolder(conf, device, seed, image_size)
     root = Path(os.path.expanduser(conf.root))
     if name in _MNIST_LIKE:
@@ -175,12 +181,13 @@ def build_data(conf, device: torch.device, seed: int, image_size: int) -> Tuple[
         x_tr, x_va = resize_uint8(x_tr, image_size), resize_uint8(x_va, image_size)
     x_tr, y_tr, x_va, y_va = (t.to(device) for t in (x_tr, y_tr, x_va, y_va))
     common = dict(batch_size=conf.batch_size, mean=conf.mean, std=conf.std, seed=seed,
-                  image_size=image_size)
+                  image_size=image_size, rank=rank, world=world)
     train = InMemoryLoader(x_tr, y_tr, train=True, augment=conf.augment, **common)
     val = InMemoryLoader(x_va, y_va, train=False, **common)
     if len(train) == 0:
+        each = f" on each of {world} processes" if world > 1 else ""
         raise CnnbenchError(f"The training split has {len(x_tr)} images, fewer than one batch of "
-                            f"dataset.batch_size={conf.batch_size}. Lower the batch size or use more data.")
+                            f"dataset.batch_size={conf.batch_size}{each}. Lower the batch size or use more data.")
     n_classes = int(y_tr.max()) + 1 if conf.num_classes is None else conf.num_classes
     return train, val, DataInfo(n_classes, conf.in_channels, image_size, train.num_samples,
                                 len(x_va), source)

@@ -49,12 +49,13 @@ def crop_flip_draws(b: int, pad: int, gen: torch.Generator, device: torch.device
     return dy, dx, flip
 
 
-def random_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator, draws=None) -> torch.Tensor:
     """Random crop with zero padding + horizontal flip, a different draw per image (He et al.
-    2015, section 4.2). x: (B, C, H, W) uint8 on any device."""
+    2015, section 4.2). x: (B, C, H, W) uint8 on any device; draws: crop_flip_draws' output for
+    these B images (drawn here when not given)."""
     b, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H + 2p, W + 2p)
-    dy, dx, flip = crop_flip_draws(b, pad, gen, x.device)
+    dy, dx, flip = draws if draws is not None else crop_flip_draws(b, pad, gen, x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
     batch = torch.arange(b, device=x.device)[:, None, None, None]
@@ -72,42 +73,59 @@ class InMemoryLoader:
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean, std,
-                 train: bool, augment: bool = False, seed: int = 0, image_size: Optional[int] = None):
+                 train: bool, augment: bool = False, seed: int = 0, image_size: Optional[int] = None,
+                 rank: int = 0, world: int = 1):
         self.images, self.labels = images, labels  # (N, C, H, W) uint8, (N,) int64
         self.batch_size, self.train, self.augment, self.seed = batch_size, train, augment, seed
         self.resize_to = image_size if image_size and image_size != images.shape[-1] else None
         self.normalize = Normalize(mean, std, images.device)
         self.epoch = self.start = 0
+        # Data-parallel: every process draws the same order; a step's global batch is world x
+        # batch_size consecutive images of it, and this process takes its slice. Validation images
+        # are dealt out rank, rank + world, ...: each is seen once, by one process.
+        self.rank, self.world = rank, world
+        self.val_index = torch.arange(rank, images.shape[0], world, device=images.device) if world > 1 else None
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """The next pass is epoch `epoch`, from batch `start` (a resumed epoch's position)."""
         self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
-        n = self.images.shape[0]
-        # Training drops the last partial batch: equal-sized steps keep BatchNorm and timings honest.
-        return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
+        if self.train:  # the last partial batch is dropped: equal steps keep BatchNorm and timings honest
+            return self.images.shape[0] // (self.batch_size * self.world)
+        n = len(self.val_index) if self.val_index is not None else self.images.shape[0]
+        return math.ceil(n / self.batch_size)
 
     @property
     def num_samples(self) -> int:
-        return len(self) * self.batch_size if self.train else self.images.shape[0]
+        """Images per epoch, over all processes."""
+        return len(self) * self.batch_size * self.world if self.train else self.images.shape[0]
 
     def __iter__(self) -> Iterator[Batch]:
         device = self.images.device
+        if not self.train:
+            for i in range(len(self)):
+                sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+                idx = self.val_index[sl] if self.val_index is not None else sl
+                yield self._finish(self.images[idx]), self.labels[idx]
+            return
         gen = torch.Generator(device=device)
         gen.manual_seed(self.seed * 1_000_003 + self.epoch)
-        n = self.images.shape[0]
-        order = torch.randperm(n, device=device, generator=gen) if self.train else None
-        if self.augment and self.train:  # the draws the skipped batches would have made
+        order = torch.randperm(self.images.shape[0], device=device, generator=gen)
+        step = self.batch_size * self.world  # images per step, all processes together
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        if self.augment:  # the draws the skipped batches would have made
             for _ in range(self.start):
-                crop_flip_draws(self.batch_size, 4, gen, device)
-        for i in range(self.start if self.train else 0, len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            idx = order[sl] if order is not None else None
-            x = self.images[idx] if idx is not None else self.images[sl]
-            y = self.labels[idx] if idx is not None else self.labels[sl]
+                crop_flip_draws(step, 4, gen, device)
+        for i in range(self.start, len(self)):
+            idx = order[i * step:(i + 1) * step][mine]
+            x = self.images[idx]
             if self.resize_to:
                 x = resize_uint8(x, self.resize_to)
-            if self.augment and self.train:
-                x = random_crop_flip(x, pad=4, gen=gen)
-            yield self.normalize(x), y
+            if self.augment:
+                draws = [d[mine] for d in crop_flip_draws(step, 4, gen, device)]
+                x = random_crop_flip(x, pad=4, gen=gen, draws=draws)
+            yield self.normalize(x), self.labels[idx]
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalize(resize_uint8(x, self.resize_to) if self.resize_to else x)

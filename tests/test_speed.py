@@ -1,0 +1,61 @@
+"""The speed settings on the CPU path (bf16 autocast, channels_last, torch.compile), and
+data-parallel training with torchrun: two CPU processes over gloo."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import torch
+
+from cnnbench import run, track
+from conftest import TINY, compose_cfg, read_results
+
+
+def test_bf16_autocast_and_channels_last_on_the_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNBENCH_DATA", str(tmp_path / "data"))
+    plain = run.train(compose_cfg(*TINY), tmp_path / "plain")
+    fast = run.train(compose_cfg(*TINY, "trainer.amp=bf16", "trainer.channels_last=true"), tmp_path / "fast")
+    assert (fast["amp"], fast["channels_last"]) == ("bf16", True)
+    assert (plain["amp"], plain["channels_last"]) == ("off", False)  # auto on the CPU
+    # Same data, same initial weights: bf16 rounding moves the loss a little, not a lot.
+    assert abs(fast["history"][0]["train_loss"] - plain["history"][0]["train_loss"]) < 0.05
+    weights = track.load_checkpoint(tmp_path / "fast" / "checkpoints" / "last.pt", "lenet5")["weights"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_compile_reports_its_first_step_apart(tmp_path, monkeypatch):
+    if shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None:
+        raise AssertionError("torch.compile on the CPU needs a C++ compiler (apt-get install g++)")
+    monkeypatch.setenv("CNNBENCH_DATA", str(tmp_path / "data"))
+    r = run.train(compose_cfg(*TINY, "trainer=fast", "trainer.device=cpu", "trainer.epochs=1",
+                              "trainer.max_steps_per_epoch=4", "trainer.max_eval_steps=2",
+                              "trainer.log_every_steps=2"), tmp_path / "compiled")
+    assert r["status"] == "completed" and r["compile"] is True and r["channels_last"] is True
+    assert r["compile_s"] > 0 and r["compile_s"] < r["wall_time_s"]
+    state = track.load_checkpoint(tmp_path / "compiled" / "checkpoints" / "last.pt", "lenet5")
+    assert not any(k.startswith("_orig_mod") for k in state["weights"])  # the plain module's keys
+
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    run_dir = tmp_path / "ddp"
+    env = {**os.environ, "CNNBENCH_DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
+    args = [a for a in TINY if not a.startswith("dataset.train_size")] + ["dataset.train_size=128",
+                                                                          "trainer.max_steps_per_epoch=0"]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "cnnbench", "train", *args, "trainer.epochs=2", f"hydra.run.dir={run_dir}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    results = read_results(run_dir)
+    assert results["status"] == "completed" and results["world_size"] == 2
+    assert results["batch_size"] == 16 and results["global_batch_size"] == 32
+    assert results["weights_in_sync"] is True  # every rank ended with rank 0's weights
+    # 128 images, 2 processes x 16 per step: 4 steps an epoch, every image once
+    assert results["train_images"] == 128 and results["history"][-1]["epoch"] == 2
+    assert len(list(tmp_path.rglob("results.json"))) == 1  # only rank 0 writes
+    assert {p.parent for p in tmp_path.rglob("events.out.tfevents.*")} == {run_dir}
+    assert r.stdout.count("lenet5 on synthetic — completed") == 1  # and only rank 0 speaks
+    last = track.load_checkpoint(run_dir / "checkpoints" / "last.pt", "lenet5")
+    assert last["global_step"] == 8
+    assert json.loads((run_dir / "results.json").read_text())["val_images"] == 32
