@@ -11,6 +11,7 @@ HYDRA_FULL_ERROR=1 or CNNBENCH_DEBUG=1.
 
 import argparse
 import difflib
+import functools
 import importlib.resources
 import logging
 import os
@@ -76,6 +77,9 @@ def explain_config_error(exc: BaseException) -> str:
         if group in GROUPS:
             return (f"Unknown {group} {name!r}. Known: {', '.join(group_options(group))}. "
                     f"Choose one with {group}=NAME.")
+        if group == "experiment":
+            return (f"Unknown experiment {name!r}. Known: {', '.join(group_options(group))}. "
+                    f"Choose one with +experiment=NAME (the files are in conf/experiment/).")
         return f"{exc}. Check the name after +experiment= or the group."
     if isinstance(exc, OverrideParseException):
         return f"Cannot read the command line: {exc}. Overrides look like key=value, e.g. optimizer.lr=0.1."
@@ -115,10 +119,12 @@ def _expand_sweeps(overrides: List[str]) -> List[List[str]]:
 _SWEPT_KEYS = "CNNBENCH_SWEPT_KEYS"
 
 
-def _sweep_subdir(task_overrides) -> str:
+def _sweep_subdir(task_overrides, swept: Optional[str] = None) -> str:
     """A sweep job's folder name: only what differs between its jobs, e.g. model=resnet56,seed=1
-    (Hydra's override_dirname would repeat every fixed override too)."""
-    swept = set(os.environ.get(_SWEPT_KEYS, "").split(","))
+    (Hydra's override_dirname would repeat every fixed override too). swept: the keys, bound in
+    when the sweep is planned (Hydra ships resolvers to launcher processes), else from the
+    environment."""
+    swept = set((swept if swept is not None else os.environ.get(_SWEPT_KEYS, "")).split(","))
     picked = sorted(o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") in swept)
     return ",".join(picked).replace("/", "_") or "job"
 
@@ -154,6 +160,7 @@ def plan_jobs(overrides: List[str], multirun: bool) -> tuple:
     config is composed first to see its mode and sweep parameters."""
     from hydra import compose
     from hydra.types import RunMode
+    from omegaconf import OmegaConf
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
@@ -162,6 +169,14 @@ def plan_jobs(overrides: List[str], multirun: bool) -> tuple:
     primary = compose("config", overrides=first, return_hydra_config=True)
     multirun = multirun or primary.hydra.mode == RunMode.MULTIRUN
     _PLANNED["run_dir"] = str(primary.hydra.run.dir)  # resolved now: torchrun's ranks share rank 0's
+    out = Path(_PLANNED["run_dir"]).absolute()
+    while not out.exists():
+        out = out.parent
+    _PLANNED["existing_ancestor"] = out  # what a refused run may clean up to, not beyond
+    if "slurm" in str(primary.hydra.launcher.get("_target_", "")).lower() and not shutil.which("sbatch"):
+        raise CnnbenchError("hydra/launcher=slurm submits each job with sbatch, which is not on this machine's "
+                            "PATH. Run the sweep from a SLURM login node, or use hydra/launcher=joblib (or "
+                            "submitit_local) to run it here.")
     _check_output_dir(Path(primary.hydra.sweep.dir if multirun else primary.hydra.run.dir),
                       "hydra.sweep.dir" if multirun else "hydra.run.dir")
     own = [o for o in overrides if not _is_hydra_override(o)]
@@ -169,8 +184,11 @@ def plan_jobs(overrides: List[str], multirun: bool) -> tuple:
         return [own], False
     params = primary.hydra.sweeper.get("params") or {}
     swept = [f"{k}={v}" for k, v in params.items()] + own
-    os.environ[_SWEPT_KEYS] = ",".join(o.get_key_element().lstrip("+~") for o in
-                                       OverridesParser.create().parse_overrides(swept) if o.is_sweep_override())
+    keys = ",".join(o.get_key_element().lstrip("+~") for o in
+                    OverridesParser.create().parse_overrides(swept) if o.is_sweep_override())
+    os.environ[_SWEPT_KEYS] = keys
+    OmegaConf.register_new_resolver("cnnbench_sweep_subdir", functools.partial(_sweep_subdir, swept=keys),
+                                    replace=True)
     return _expand_sweeps(swept), True
 
 
@@ -273,9 +291,10 @@ def _share_resources(cfg, hc) -> None:
         visible = os.environ["CUDA_VISIBLE_DEVICES"].split(",")
         os.environ["CUDA_VISIBLE_DEVICES"] = claim_gpu(lock_dir, visible, hc.job.num)
     if cfg.trainer.threads == 0:
-        workers = hc.launcher.get("n_jobs") or 1
-        workers = os.cpu_count() if workers < 0 else workers
-        cfg.trainer.threads = max(1, (os.cpu_count() or 1) // workers)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = hc.launcher.get("n_jobs") or 1  # joblib's workers share this machine; SLURM pins its own
+        workers = cores if workers < 0 else workers
+        cfg.trainer.threads = max(1, cores // workers)
 
 
 def _task(cfg) -> Optional[dict]:
@@ -311,6 +330,11 @@ def _task(cfg) -> Optional[dict]:
         raise _JobExit(_fail(str(e), e.exit_code))
     except KeyboardInterrupt as e:  # the sweep stops too: the user (or the scheduler) asked for it
         code = 128 + getattr(e, "signum", signal.SIGINT)
+        if os.environ.get("SUBMITIT_EXECUTOR") and code - 128 not in (signal.SIGINT, signal.SIGTERM):
+            try:  # submitit's own handler: requeue this job (it resumes from last.pt), then exit
+                signal.getsignal(code - 128)(code - 128, None)
+            except RuntimeError:  # no requeue left: the run stays interrupted, resumable by hand
+                pass
         raise _JobExit(_fail(f"interrupted; what was done so far is in {run_dir}", code))
     except Exception as e:
         if _debug():
@@ -379,9 +403,15 @@ def _profile_child(config: dict, run_dir: str, send) -> None:
 
 def _remove_if_empty(run_dir: Path) -> None:
     """A run refused before it began leaves no directory behind: remove run_dir if it holds only
-    what Hydra put there (.hydra/ and the log)."""
+    what Hydra put there (.hydra/ and the log), and the empty folders above it that this command
+    created (outputs/runs/, say)."""
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
         shutil.rmtree(run_dir, ignore_errors=True)
+        existed = _PLANNED.get("existing_ancestor")
+        parent = run_dir.absolute().parent
+        while existed and parent != existed and existed in parent.parents and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
 
 
 def _summary(r: dict) -> None:
@@ -479,7 +509,9 @@ def hydra_main(command: str, args: List[str]) -> int:
     argv0 = sys.argv[0]
     sys.argv = [f"cnnbench {command}", *args]
     _COMMAND["name"] = command
-    fd, failed_log = tempfile.mkstemp(prefix="cnnbench-failed-", suffix=".txt")
+    on_cluster = any("launcher=slurm" in a or "launcher=submitit_slurm" in a for a in args)
+    # Jobs on a cluster's other machines append to this file: it must be on the shared file system.
+    fd, failed_log = tempfile.mkstemp(prefix=".cnnbench-failed-", suffix=".txt", dir="." if on_cluster else None)
     os.close(fd)
     os.environ[_FAILED_LOG] = failed_log
     os.environ[_PARENT_PID] = str(os.getpid())
@@ -492,6 +524,11 @@ def hydra_main(command: str, args: List[str]) -> int:
     except SystemExit as e:
         # Hydra exits 1 on errors it reports itself (composition): that is bad input here.
         return 2 if e.code == 1 else (e.code or 0)
+    except Exception as e:  # a launcher's own failure (a cancelled SLURM job, say)
+        if _debug():
+            raise
+        return _fail(f"the launcher stopped the sweep: {type(e).__name__}: {e}. Jobs that finished have their "
+                     f"results.json; run the same sweep again to finish the rest.", 1)
     finally:
         sys.argv[0] = argv0
         if rank_dir:

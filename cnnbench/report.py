@@ -58,7 +58,10 @@ MISSING = object()  # a dotted config key that a run's config does not have
 def find_results(paths: list[str]) -> list[Path]:
     """Every results.json at or below the given paths, sorted within each path, no duplicates.
     Earlier attempts of a sweep job that was run again (<job>/attempts/N/) are left out: the
-    job's own results.json is its record."""
+    job's own results.json is its record. A folder below a path that cannot be read is skipped
+    with a warning; a path that cannot be read is an error."""
+    import os
+
     found: dict[Path, None] = {}  # an ordered set, keyed by resolved path
     for p in map(Path, paths):
         if not p.exists():
@@ -66,11 +69,19 @@ def find_results(paths: list[str]) -> list[Path]:
                 f"'{p}' does not exist. Point `cnnbench compare` at a folder that holds your "
                 f"runs (Hydra writes them below outputs/ by default) or at a results.json file, "
                 f"or run `cnnbench train` first.")
-        files = [p] if p.is_file() else sorted(p.rglob("results.json"))
+        unreadable: list[OSError] = []
+        files = [p] if p.is_file() else sorted(Path(folder, "results.json") for folder, _, names in
+                                               os.walk(p, onerror=unreadable.append) if "results.json" in names)
+        for e in unreadable:
+            if Path(e.filename) == p:
+                raise CnnbenchError(f"'{p}' cannot be read ({e.strerror}). Give `cnnbench compare` a folder "
+                                    f"you may list (check its permissions, e.g. ls -ld '{p}').")
+            print(f"warning: skipping {e.filename}: cannot be read ({e.strerror}); runs below it are left out",
+                  file=sys.stderr)
         for f in files:
             if f.parent.parent.name == "attempts" and (f.parent.parent.parent / "results.json").is_file():
                 continue
-            found.setdefault(f.resolve(), None)
+            found.setdefault(f.resolve() if f.exists() else f.absolute(), None)  # a dangling link: itself
     return list(found)
 
 
@@ -78,7 +89,9 @@ def _read_result(path: Path) -> tuple[dict | None, str]:
     """(the parsed results.json, "") or (None, why it cannot be compared)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # ValueError covers bad JSON and bad UTF-8
+    except OSError as e:  # permissions, a dangling link, a folder of that name
+        return None, f"cannot be read ({e.strerror or e})"
+    except ValueError as e:  # bad JSON and bad UTF-8
         return None, f"not readable JSON ({e})"
     if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
         return None, f'not a cnnbench results file (no "format": "{RESULTS_FORMAT}")'

@@ -326,15 +326,27 @@ class Run:
         return self.dir / "checkpoints" / "best.pt"
 
 
-def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
-    """Refuse to start a fresh run over an existing one, or to resume nothing."""
+def check_run_dir(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]]:
+    """Refuse to start a fresh run over an existing one, to resume nothing, or to resume from a
+    checkpoint that is unreadable, of another model or of another config. The CLI calls it before
+    Hydra writes into the folder, so a refusal leaves the earlier run as it was. Returns the
+    checkpoint when resuming."""
     run = Run(run_dir)
     if cfg.trainer.resume:
         if not run.last.is_file():
             raise CnnbenchError(
                 f"trainer.resume=true but {run.last} does not exist. Resume names the run directory "
                 f"of an earlier run: cnnbench train ... hydra.run.dir=<that directory> trainer.resume=true.")
-    elif run.results.exists() or run.last.exists():
+        state = track.load_checkpoint(run.last, cfg.model.name)
+        changed = [k for k in _config_differences(state.get("config") or {}, _config_dict(cfg))
+                   if k not in _RESUMABLE_CHANGES]
+        if changed:
+            raise CnnbenchError(
+                f"{run.last} was saved by a run with another config ({', '.join(changed[:6])} differ); resuming "
+                f"would mix two experiments. Resume with the run's own settings (see {run.dir}/.hydra/"
+                f"overrides.yaml; only trainer.epochs and how the run is logged may change), or start a new run.")
+        return state
+    if run.results.exists() or run.last.exists():
         raise CnnbenchError(
             f"{run_dir} already holds a run; cnnbench will not overwrite it. Add trainer.resume=true "
             f"to continue it, or choose another hydra.run.dir.")
@@ -427,7 +439,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     """Train the composed configuration and write its record into run_dir. Returns the results."""
     validate(cfg)
     run = Run(Path(run_dir))
-    check_run_dir(cfg, run.dir)
+    checkpoint = check_run_dir(cfg, run.dir)  # the state to resume from, checked; None for a new run
     m, d, o, s, t = cfg.model, cfg.dataset, cfg.optimizer, cfg.scheduler, cfg.trainer
     world = distributed.world()  # torchrun's processes; one without it
     device = _prepare(t, cfg.seed, world)
@@ -509,15 +521,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
     }
     start_epoch, global_step, prior_wall, resumed_epoch = 0, 0, 0.0, None
-    if t.resume:
-        state = track.load_checkpoint(run.last, m.name)
-        changed = [k for k in _config_differences(state.get("config") or {}, results["config"])
-                   if k not in _RESUMABLE_CHANGES]
-        if changed:
-            raise CnnbenchError(
-                f"{run.last} was saved by a run with another config ({', '.join(changed[:6])} differ); resuming "
-                f"would mix two experiments. Resume with the run's own settings (see {run.dir}/.hydra/"
-                f"overrides.yaml; only trainer.epochs and how the run is logged may change), or start a new run.")
+    if checkpoint is not None:
+        state = checkpoint
         model.load_state_dict(state["weights"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -637,7 +642,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                 if epoch + 1 < t.epochs and (stop.agreed(device) if world.active else stop.signum is not None):
                     raise RunInterrupted(stop.signum or signal.SIGTERM)  # a signal during evaluation
     except KeyboardInterrupt as e:
-        how = {signal.SIGTERM: "SIGTERM"}.get(getattr(e, "signum", None), "SIGINT (Ctrl-C)")
+        signum = getattr(e, "signum", signal.SIGINT)
+        how = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
         saved = f"; continue it from {last_saved} with trainer.resume=true" if last_saved else ""
         results.update(status="interrupted", error=f"interrupted by {how}{saved}")
         record()
@@ -697,6 +703,9 @@ class _StopRequest:
     def __init__(self):
         self.signum = None
         self.previous = {}
+        self.signals = self.SIGNALS
+        if os.environ.get("SUBMITIT_EXECUTOR"):  # a submitit (SLURM) job: its time-out/pre-emption signal too
+            self.signals += (signal.Signals[f"SIG{os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2')}"],)
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
@@ -715,7 +724,7 @@ class _StopRequest:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # Python's rule for handlers
-            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            self.previous = {s: signal.signal(s, self._handle) for s in self.signals}
         return self
 
     def __exit__(self, *exc):

@@ -1,14 +1,23 @@
 """Bad input: a one-paragraph message naming the problem and the fix, exit status 2, no
-traceback, and nothing an earlier run left is touched."""
+traceback, and nothing an earlier run left is touched. docs/errors.md catalogues every case here.
+
+Every command runs in this process (cli.main), as `cnnbench ...` would run it: a subprocess
+costs seconds of imports per case."""
 
 import json
+import os
+import shlex
+import tempfile
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
-from conftest import TINY, cnnbench
+from conftest import TINY
 
-from cnnbench import cli
+from cnnbench import cli, report, track
+from cnnbench.models import create_model
 
 BAD_TRAIN_INPUTS = [
     (["model=foo"], "Unknown model 'foo'. Known: alexnet"),
@@ -21,12 +30,20 @@ BAD_TRAIN_INPUTS = [
     (["trainer.epoch=3"], "trainer.epoch is not a cnnbench setting. Did you mean trainer.epochs?"),
     (["sed=1"], "sed is not a cnnbench setting. Did you mean seed?"),
     (["+sed=1"], "sed is not a cnnbench setting. Did you mean seed?"),
+    (["+experiment=nosuch"], "Could not find 'experiment/nosuch'"),
+    (["dataset.batch_size=abc"], "dataset.batch_size: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["trainer.epochs=2.5"], "trainer.epochs: Value '2.5' of type 'float' could not be converted to Integer"),
     (["dataset.batch_size=0"], "dataset.batch_size=0 is not allowed: it must be a positive integer"),
     (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not allowed: it must be a positive number"),
     (["trainer.epochs=0"], "trainer.epochs=0 is not allowed"),
-    (["model=resnet18", "model.dropout=1.5"], "model.dropout does not apply to resnet18"),
+    (["model=alexnet", "model.dropout=1.5"], "model.dropout=1.5 is outside [0, 1)"),
+    (["model=alexnet", "model.dropout=-0.1"], "model.dropout=-0.1 is outside [0, 1)"),
+    (["model=resnet18", "model.dropout=0.5"], "model.dropout does not apply to resnet18"),
+    (["dataset.num_workers=-1"], "dataset.num_workers=-1 is negative"),
+    (["model.num_classes=5"], "model.num_classes=5 is fewer than the 10 classes of dataset=synthetic"),
+    (["model.weights=nope.pth"], "model.weights=nope.pth: no such file"),
     (["trainer.label_smoothing=1.0"], "trainer.label_smoothing=1.0 is outside [0, 1)"),
-    (["trainer.amp=fp8"], "expected one of [off, bf16, fp16]"),
+    (["trainer.amp=fp8"], "trainer.amp: Invalid value 'fp8', expected one of ["),
     (["model=resnet18", "model.norm=batchy"], "expected one of [batch, layer, instance, group, none]"),
     (["model=resnet18", "dataset.image_size=16"], "too small for resnet18: it needs at least 32 px"),
     (["model=lenet5", "dataset.image_size=64"], "too large for lenet5, which takes 32 px"),
@@ -48,6 +65,9 @@ def existing_run(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "outputs" / "earlier"
     (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("model:\n  name: lenet5\n")
+    (run / "train.log").write_text("[2024-05-01 12:00:00][INFO] epoch 1/1 | train loss 2.30\n")
     (run / "results.json").write_text(json.dumps({"format": "cnnbench.results", "status": "completed"}))
     (run / "checkpoints" / "last.pt").write_bytes(b"weights")
     return run
@@ -72,36 +92,375 @@ def test_bad_train_input_is_refused_before_any_work(args, message, existing_run,
 
 
 def test_resume_without_checkpoint_and_run_over_existing_run(existing_run, capsys):
+    before = snapshot(existing_run.parent)
     assert cli.main(["train", *TINY, f"hydra.run.dir={existing_run}"]) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert "already holds a run; cnnbench will not overwrite it" in " ".join(capsys.readouterr().err.split())
     empty = existing_run.parent / "empty"
     assert cli.main(["train", *TINY, "trainer.resume=true", f"hydra.run.dir={empty}"]) == 2
     assert "trainer.resume=true but" in " ".join(capsys.readouterr().err.split())
-    assert (existing_run / "checkpoints" / "last.pt").read_bytes() == b"weights"
+    assert snapshot(existing_run.parent) == before
+    assert not empty.exists()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["dataset=mnist", "dataset.root=nowhere", "dataset.download=false"], "Dataset 'mnist' not found"),
-    (["dataset=cifar10", "dataset.root=nowhere", "dataset.download=false"], "Dataset 'cifar10' not found"),
-    (["dataset=imagefolder", "model=resnet18", "dataset.root=nowhere"], "needs nowhere/train"),
-])
-def test_missing_dataset_fails_before_training_without_traceback(tmp_path, args, message):
-    r = cnnbench("train", *args, "trainer=smoke", cwd=tmp_path)
-    assert r.returncode == 2
-    assert message in " ".join(r.stderr.split()) and "Traceback" not in r.stderr
-    if "mnist" in args[0]:
-        assert "nowhere/MNIST/raw" in r.stderr and "dataset=synthetic" in r.stderr
-    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("results.json"))
+# ---------------------------------------------------------------------------------------------
+# Files that are missing, empty, broken, foreign or unsafe
+# ---------------------------------------------------------------------------------------------
+
+class RunsCode:
+    """Pickles as a call to os.system: whoever unpickles it without weights_only=True creates
+    `marker`. cnnbench must refuse it unread."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
 
 
-def test_imagefolder_without_images(tmp_path):
+def png_folder(root: Path, train: int = 4, val: int = 2, classes=("cat", "dog")) -> Path:
+    """An ImageFolder dataset of solid 8x8 PNGs: root/{train,val}/<class>/<i>.png."""
+    for split, n in (("train", train), ("val", val)):
+        for c, cls in enumerate(classes):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (255 * c, 0, 255 - 255 * c)).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def half(path: Path) -> None:
+    """Cut a file in half, as an interrupted copy would."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+IMAGEFOLDER = ["dataset=imagefolder", "model=lenet5", "dataset.image_size=32", "dataset.num_workers=0",
+               "dataset.batch_size=2", "trainer=smoke"]
+
+
+def _mnist_root_missing(tmp):
+    return ["dataset=mnist", "dataset.root=nowhere", "dataset.download=false", "trainer=smoke"]
+
+
+def _mnist_root_empty(tmp):
+    (tmp / "empty").mkdir()
+    return ["dataset=mnist", f"dataset.root={tmp / 'empty'}", "dataset.download=false", "trainer=smoke"]
+
+
+def _cifar_root_missing(tmp):
+    return ["dataset=cifar10", "dataset.root=nowhere", "dataset.download=false", "trainer=smoke"]
+
+
+def _folder_root_missing(tmp):
+    return [*IMAGEFOLDER, "dataset.root=nowhere"]
+
+
+def _folder_root_empty(tmp):
+    (tmp / "empty").mkdir()
+    return [*IMAGEFOLDER, f"dataset.root={tmp / 'empty'}"]
+
+
+def _folder_without_images(tmp):
     for split in ("train", "val"):
-        (tmp_path / "imgs" / split / "cat").mkdir(parents=True)
-    r = cnnbench("train", "dataset=imagefolder", "model=resnet18", f"dataset.root={tmp_path / 'imgs'}",
-                 "trainer=smoke", cwd=tmp_path)
-    assert r.returncode == 2 and "could not read" in r.stderr and "Traceback" not in r.stderr
-    assert not list((tmp_path / "outputs").rglob("results.json")) if (tmp_path / "outputs").exists() else True
+        (tmp / "imgs" / split / "cat").mkdir(parents=True)
+    return [*IMAGEFOLDER, f"dataset.root={tmp / 'imgs'}"]
 
+
+def _folder_classes_differ(tmp):
+    png_folder(tmp / "imgs")
+    for f in (tmp / "imgs" / "val" / "dog").iterdir():
+        f.unlink()
+    (tmp / "imgs" / "val" / "dog").rmdir()
+    return [*IMAGEFOLDER, f"dataset.root={tmp / 'imgs'}"]
+
+
+def _folder_smaller_than_a_batch(tmp):
+    return [*IMAGEFOLDER, f"dataset.root={png_folder(tmp / 'imgs')}", "dataset.batch_size=64"]
+
+
+def _folder_fewer_model_classes(tmp):
+    return [*IMAGEFOLDER, f"dataset.root={png_folder(tmp / 'imgs')}", "model.num_classes=1"]
+
+
+def _weights_of_another_architecture(tmp):
+    torch.save(create_model("resnet20", num_classes=10, in_channels=1).state_dict(), tmp / "resnet20.pth")
+    return [*TINY, f"model.weights={tmp / 'resnet20.pth'}"]
+
+
+def _weights_holding_code(tmp):
+    torch.save({"conv1.weight": RunsCode(tmp / "MARKER")}, tmp / "evil.pth")
+    return [*TINY, f"model.weights={tmp / 'evil.pth'}"]
+
+
+def _weights_truncated(tmp):
+    torch.save(create_model("lenet5", num_classes=10, in_channels=1).state_dict(), tmp / "lenet5.pth")
+    half(tmp / "lenet5.pth")
+    return [*TINY, f"model.weights={tmp / 'lenet5.pth'}"]
+
+
+def _weights_not_a_state_dict(tmp):
+    torch.save([torch.zeros(3)], tmp / "list.pth")
+    return [*TINY, f"model.weights={tmp / 'list.pth'}"]
+
+
+BAD_FILES = [  # (make the files and return the arguments, the start of the message)
+    (_mnist_root_missing, "Dataset 'mnist' not found, and download is off (dataset.download=false). "
+                          "Looked in: nowhere/MNIST/raw"),
+    (_mnist_root_empty, "Dataset 'mnist' not found, and download is off"),
+    (_cifar_root_missing, "Dataset 'cifar10' not found, and torchvision could not read it"),
+    (_folder_root_missing, "dataset=imagefolder needs nowhere/train, a folder with one sub-folder of images"),
+    (_folder_root_empty, "/empty/train, a folder with one sub-folder of images per class, and it does not exist"),
+    (_folder_without_images, "dataset=imagefolder could not read"),
+    (_folder_classes_differ, "/imgs/train and"),
+    (_folder_smaller_than_a_batch, "/imgs/train has 8 images, fewer than one batch of dataset.batch_size=64"),
+    (_folder_fewer_model_classes, "model.num_classes=1 is fewer than the 2 classes of dataset=imagefolder"),
+    (_weights_of_another_architecture,  # LeNet-5's tensors and the ResNet's, by name
+     "resnet20.pth does not fit this model: missing 10 (classifier.1.bias, classifier.1.weight, classifier.3.bias, "
+     "classifier.3.weight, features.0.bias, features.0.weight and 4 more); unexpected 116 (bn1.bias, "),
+    (_weights_holding_code, "was refused: it is not a plain state dict of tensors; it holds pickled Python "
+                            f"objects ({os.system.__module__}.system), which could run code"),
+    (_weights_truncated, "cannot be read: it is truncated, corrupt or not a file torch.save wrote"),
+    (_weights_not_a_state_dict, "holds no state dict"),
+]
+
+
+@pytest.mark.parametrize("make,message", BAD_FILES, ids=[f.__name__.strip("_") for f, _ in BAD_FILES])
+def test_bad_files_are_refused_before_training(make, message, existing_run, capsys):
+    tmp = existing_run.parent.parent
+    args = make(tmp)
+    before = snapshot(tmp)
+    code = cli.main(["train", *args])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2
+    assert message in err and "Traceback" not in err, err
+    assert snapshot(tmp) == before  # no run record left, nothing changed
+    assert not (tmp / "MARKER").exists()  # the pickled os.system call never ran
+
+
+@pytest.fixture
+def earlier_lenet5(tmp_path, monkeypatch) -> Path:
+    """A finished LeNet-5 run's directory, as `cnnbench train` leaves it."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "outputs" / "earlier"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("model:\n  name: lenet5\n")
+    (run / "train.log").write_text("[2024-05-01 12:00:00][INFO] epoch 1/1 | train loss 2.30\n")
+    (run / "events.out.tfevents.1.host").write_bytes(b"events")
+    track.write_results(run / "results.json", {"status": "completed", "model": "lenet5", "epochs": 1})
+    model = create_model("lenet5", num_classes=10, in_channels=1)
+    track.save_checkpoint(run / "checkpoints" / "last.pt", {"model": "lenet5", "weights": model.state_dict(),
+                                                           "epoch": 1, "global_step": 4})
+    return run
+
+
+def _truncated_checkpoint(run):
+    half(run / "checkpoints" / "last.pt")
+    return []
+
+
+def _checkpoint_of_another_model(run):
+    return ["model=resnet18"]
+
+
+def _checkpoint_holding_code(run):
+    torch.save({"format_version": 1, "model": "lenet5", "weights": RunsCode(run.parent.parent / "MARKER")},
+               run / "checkpoints" / "last.pt")
+    return []
+
+
+def _checkpoint_of_another_program(run):
+    torch.save({"state_dict": {}}, run / "checkpoints" / "last.pt")
+    return []
+
+
+BAD_CHECKPOINTS = [
+    (_truncated_checkpoint, "checkpoints/last.pt cannot be read: it is truncated, corrupt or not a file "
+                            "torch.save wrote (RuntimeError: PytorchStreamReader failed reading zip archive"),
+    (_checkpoint_of_another_model, "checkpoints/last.pt holds a 'lenet5' model, but this run is model=resnet18. "
+                                   "Resume with model=lenet5"),
+    (_checkpoint_holding_code, "checkpoints/last.pt was refused: it holds pickled Python objects "
+                               f"({os.system.__module__}.system)"),
+    (_checkpoint_of_another_program, "checkpoints/last.pt is not a cnnbench checkpoint of format version 1"),
+]
+
+
+def _hydra_files(root: Path) -> set:
+    return {p for p in root.rglob("*") if ".hydra" in p.parts}
+
+
+@pytest.mark.parametrize("spoil,message", BAD_CHECKPOINTS, ids=[f.__name__.strip("_") for f, _ in BAD_CHECKPOINTS])
+def test_resume_from_a_bad_checkpoint_is_refused(spoil, message, earlier_lenet5, capsys):
+    args = spoil(earlier_lenet5)
+    before = snapshot(earlier_lenet5.parent)
+    code = cli.main(["train", *TINY, *args, "trainer.resume=true", f"hydra.run.dir={earlier_lenet5}"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2
+    assert message in err and "Traceback" not in err, err
+    after = snapshot(earlier_lenet5.parent)
+    hydra = _hydra_files(earlier_lenet5)  # see test_refused_resume_leaves_the_runs_hydra_config_alone
+    assert {k: v for k, v in after.items() if k not in hydra} == {k: v for k, v in before.items() if k not in hydra}
+    assert not (earlier_lenet5.parent.parent / "MARKER").exists()  # the pickled os.system call never ran
+
+
+def test_refused_resume_leaves_the_runs_hydra_config_alone(earlier_lenet5, capsys):
+    before = snapshot(earlier_lenet5)
+    assert cli.main(["train", *TINY, "model=resnet18", "trainer.resume=true", f"hydra.run.dir={earlier_lenet5}"]) == 2
+    assert snapshot(earlier_lenet5) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Unreadable images in an ImageFolder: skipped and counted, or a clear stop when none can be read
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unreadable_images_are_skipped_counted_and_logged(workers, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = png_folder(tmp_path / "imgs")
+    half(root / "train" / "cat" / "0.png")  # truncated
+    (root / "train" / "dog" / "1.png").write_bytes(b"not an image at all")  # garbage
+    (root / "val" / "dog" / "0.png").write_bytes(b"")  # empty
+    run_dir = tmp_path / "outputs" / "run"
+    args = [*IMAGEFOLDER, f"dataset.root={root}", f"dataset.num_workers={workers}", f"hydra.run.dir={run_dir}"]
+    assert cli.main(["train", *args]) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed" and results["val_images"] == 3  # 4 val images, 1 skipped
+    log = (run_dir / "train.log").read_text()
+    assert f"2 unreadable image(s) skipped in {root / 'train'} this pass, e.g. {root / 'train'}/" in log
+    assert f"1 unreadable image(s) skipped in {root / 'val'} this pass, e.g. {root / 'val' / 'dog' / '0.png'}" in log
+
+
+def test_a_folder_of_unreadable_images_stops_with_a_path(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    root = png_folder(tmp_path / "imgs")
+    for f in (root / "train").rglob("*.png"):
+        f.write_bytes(b"GIF89a garbage")
+    run_dir = tmp_path / "outputs" / "run"
+    assert cli.main(["train", *IMAGEFOLDER, f"dataset.root={root}", f"hydra.run.dir={run_dir}"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"None of the 8 images read from {root / 'train'} could be decoded, e.g. {root / 'train'}/" in err
+    assert "Traceback" not in err
+    results = json.loads((run_dir / "results.json").read_text())  # the attempt is on record
+    assert results["status"] == "failed" and "None of the 8 images" in results["error"]
+
+
+# ---------------------------------------------------------------------------------------------
+# cnnbench compare
+# ---------------------------------------------------------------------------------------------
+
+def write_results(folder: Path, **fields) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"format": "cnnbench.results", "format_version": 1, "status": "completed", "model": "lenet5",
+              "top1_err": 0.1, "macs": 1, "params": 1, "history": [], "config": {}, **fields}
+    (folder / "results.json").write_text(json.dumps(record))
+    return folder
+
+
+def _modes_are_ignored() -> bool:
+    """True where a file's mode does not stop this process reading it (root, CAP_DAC_OVERRIDE)."""
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d, "locked")
+        f.write_text("x")
+        f.chmod(0)
+        try:
+            f.read_text()
+            return True
+        except PermissionError:
+            return False
+
+
+root_reads_anything = pytest.mark.skipif(_modes_are_ignored(), reason="this process reads files whatever their mode")
+
+
+def _nowhere(tmp):
+    return ["nope"]
+
+
+def _empty_folder(tmp):
+    (tmp / "empty").mkdir()
+    return ["empty"]
+
+
+def _empty_string(tmp):
+    return [""]
+
+
+def _only_a_future_format(tmp):
+    write_results(tmp / "future" / "run", format_version=99)
+    return ["future"]
+
+
+def _a_dangling_link(tmp):
+    (tmp / "moved" / "run").mkdir(parents=True)
+    (tmp / "moved" / "run" / "results.json").symlink_to(tmp / "gone.json")
+    return ["moved"]
+
+
+def _an_unreadable_folder(tmp):
+    write_results(tmp / "locked" / "run")
+    (tmp / "locked").chmod(0)
+    return ["locked"]
+
+
+def _an_unreadable_file(tmp):
+    (write_results(tmp / "runs" / "run") / "results.json").chmod(0)
+    return ["runs"]
+
+
+BAD_COMPARE = [
+    (_nowhere, "'nope' does not exist. Point `cnnbench compare` at a folder that holds your runs"),
+    (_empty_folder, "No usable results.json found below 'empty'. Each training run writes one"),
+    (_empty_string, "An empty path was given to `cnnbench compare`"),
+    (_only_a_future_format, "format_version 99 is newer than this cnnbench reads (1); upgrade cnnbench"),
+    (_a_dangling_link, "moved/run/results.json: cannot be read (No such file or directory)"),
+    pytest.param(_an_unreadable_folder, "'locked' cannot be read (Permission denied)", marks=root_reads_anything),
+    pytest.param(_an_unreadable_file, "results.json: cannot be read (Permission denied)", marks=root_reads_anything),
+]
+
+
+def _unlock(tmp: Path) -> None:
+    for p in (tmp / "locked", tmp / "runs" / "run" / "results.json"):
+        if p.exists():
+            p.chmod(0o755)
+
+
+@pytest.mark.parametrize("make,message", BAD_COMPARE,
+                         ids=[(c.values[0] if hasattr(c, "values") else c[0]).__name__.strip("_") for c in BAD_COMPARE])
+def test_compare_refuses_what_it_cannot_read(make, message, existing_run, capsys):
+    tmp = existing_run.parent.parent
+    before = snapshot(existing_run.parent)
+    args = make(tmp)
+    try:
+        code = cli.main(["compare", *args])
+    finally:
+        _unlock(tmp)
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2
+    assert message in err and "Traceback" not in err, err
+    assert not list(tmp.rglob("comparison.*")) and not list(tmp.rglob("report.*"))  # nothing written
+    assert snapshot(existing_run.parent) == before
+
+
+def test_compare_skips_a_future_format_beside_a_good_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(report, "render_plots", lambda rows: {name: b"png" for name, *_ in report.PLOTS})
+    write_results(tmp_path / "runs" / "today")
+    future = write_results(tmp_path / "runs" / "tomorrow", format_version=2)
+    assert cli.main(["compare", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"warning: skipping {future / 'results.json'}: format_version 2 is newer than this cnnbench" in err
+    assert (tmp_path / "report" / "comparison.csv").read_text().count("\n") == 2  # header + today
+
+
+@root_reads_anything
+def test_compare_skips_an_unreadable_folder_below_the_path(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(report, "render_plots", lambda rows: {name: b"png" for name, *_ in report.PLOTS})
+    write_results(tmp_path / "runs" / "good")
+    locked = write_results(tmp_path / "runs" / "locked")
+    locked.chmod(0)
+    try:
+        assert cli.main(["compare", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
+    finally:
+        locked.chmod(0o755)
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"warning: skipping {locked}: cannot be read (Permission denied)" in err
 
 def test_unknown_command_and_bad_models_input(capsys):
     assert cli.main(["trian"]) == 2

@@ -1,15 +1,60 @@
 """ImageFolder datasets (ImageNet layout: root/train/<class>/*.jpg, root/val/<class>/*.jpg), too big
 for memory: decoded and cropped by DataLoader workers, copied to the device from pinned memory
-without blocking, normalised there."""
+without blocking, normalised there.
 
+An image that cannot be decoded (truncated, corrupt, not an image) is left out of its batch and
+counted; each pass over a split logs how many were skipped, with one path. A pass in which no
+image at all can be read stops the run with that path."""
+
+import itertools
+import logging
 import os
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
+from torchvision import datasets
 
 from cnnbench.data.memory import Normalize
 from cnnbench.errors import CnnbenchError
+
+log = logging.getLogger("cnnbench")
+
+
+class SkippingImageFolder(datasets.ImageFolder):
+    """torchvision's ImageFolder, except that a file that cannot be decoded gives (None, label,
+    path) instead of raising in a worker and ending the run."""
+
+    def __getitem__(self, index: int):
+        path, target = self.samples[index]
+        try:
+            image = self.loader(path)  # PIL decodes here: truncated or corrupt files raise
+        except Exception:  # OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            return None, target, path
+        return self.transform(image), target, None
+
+
+def collate_readable(samples):
+    """Stack the readable images; the paths of the unreadable ones travel in the batch, since
+    the workers that found them are other processes. -> ((B, C, H, W) uint8, (B,) labels, [path])"""
+    good = [(x, y) for x, y, bad in samples if bad is None]
+    unreadable = [bad for _, _, bad in samples if bad is not None]
+    images = torch.stack([x for x, _ in good]) if good else torch.empty(0, dtype=torch.uint8)
+    return images, torch.tensor([y for _, y in good], dtype=torch.long), unreadable
+
+
+class FromBatch(Sampler):
+    """A batch sampler that starts its pass at batch `start` (a resumed epoch), without loading
+    the batches before it."""
+
+    def __init__(self, batches: BatchSampler):
+        self.batches, self.batch_size, self.start = batches, batches.batch_size, 0
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batches), self.start, None)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class DeviceLoader:
@@ -17,25 +62,43 @@ class DeviceLoader:
 
     def __init__(self, loader: DataLoader, mean, std, device: torch.device, train: bool, seed: int):
         self.loader, self.device, self.train, self.seed = loader, device, train, seed
+        self.split = Path(loader.dataset.root)
         self.normalize = Normalize(mean, std, device)
-        self.num_samples = len(loader) * loader.batch_size if train else len(loader.dataset)
+        self.num_samples = len(loader) * loader.batch_sampler.batch_size if train else len(loader.dataset)
 
-    def set_epoch(self, epoch: int) -> None:
-        # The shuffle order of epoch e depends only on (seed, e), as for the in-memory loader.
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """The next pass is epoch `epoch`, from batch `start`. The shuffle order of epoch e depends
+        only on (seed, e), as for the in-memory loader."""
         if self.train:
             self.loader.generator.manual_seed(self.seed * 1_000_003 + epoch)
+            self.loader.batch_sampler.start = start
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
-        for x, y in self.loader:
-            x = x.to(self.device, non_blocking=True)  # (B, C, H, W) uint8
-            yield self.normalize(x), y.to(self.device, non_blocking=True)
+        read, skipped, example = 0, 0, None  # images decoded, images skipped, one skipped path
+        try:
+            for x, y, unreadable in self.loader:
+                skipped += len(unreadable)
+                example = example or next(iter(unreadable), None)
+                if len(y) == 0:
+                    continue  # every image of this batch was unreadable
+                read += len(y)
+                x = x.to(self.device, non_blocking=True)  # (B, C, H, W) uint8
+                yield self.normalize(x), y.to(self.device, non_blocking=True)
+            if skipped and not read:
+                raise CnnbenchError(
+                    f"None of the {skipped} images read from {self.split} could be decoded, e.g. {example} "
+                    f"(truncated, corrupt or not an image). Check the files, or point dataset.root at a "
+                    f"copy that opens.")
+        finally:  # also when the epoch stops early (trainer.max_steps_per_epoch)
+            if skipped and read:
+                log.warning(f"{skipped} unreadable image(s) skipped in {self.split} this pass, e.g. "
+                            f"{example} (truncated, corrupt or not an image).")
 
 
 def build_imagefolder(conf, device: torch.device, seed: int, image_size: int):
-    from torchvision import datasets
     from torchvision.transforms import v2 as T
 
     from cnnbench.data import DataInfo
@@ -54,8 +117,8 @@ def build_imagefolder(conf, device: torch.device, seed: int, image_size: int):
         train_tf = T.Compose([T.Resize(image_size * 256 // 224, antialias=True), T.CenterCrop(image_size), *to_uint8])
     val_tf = T.Compose([T.Resize(image_size * 256 // 224, antialias=True), T.CenterCrop(image_size), *to_uint8])
     try:
-        train_set = datasets.ImageFolder(str(root / "train"), transform=train_tf)
-        val_set = datasets.ImageFolder(str(root / "val"), transform=val_tf)
+        train_set = SkippingImageFolder(str(root / "train"), transform=train_tf)
+        val_set = SkippingImageFolder(str(root / "val"), transform=val_tf)
     except (FileNotFoundError, RuntimeError) as e:  # no class folders, or folders without images
         raise CnnbenchError(f"dataset=imagefolder could not read {root}: {e}. Each of train/ and "
                             f"val/ needs one sub-folder per class holding .jpg/.png images.") from None
@@ -68,11 +131,12 @@ def build_imagefolder(conf, device: torch.device, seed: int, image_size: int):
                             f"or to {len(train_set.classes)}.")
     cuda = device.type == "cuda"
     workers = conf.num_workers
-    common = dict(batch_size=conf.batch_size, num_workers=workers, pin_memory=cuda,
-                  persistent_workers=workers > 0)
-    gen = torch.Generator().manual_seed(seed)
-    train = DataLoader(train_set, shuffle=True, drop_last=True, generator=gen, **common)
-    val = DataLoader(val_set, shuffle=False, **common)
+    common = dict(num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
+                  collate_fn=collate_readable)
+    gen = torch.Generator().manual_seed(seed)  # the shuffle order and the workers' seeds
+    batches = FromBatch(BatchSampler(RandomSampler(train_set, generator=gen), conf.batch_size, drop_last=True))
+    train = DataLoader(train_set, batch_sampler=batches, generator=gen, **common)
+    val = DataLoader(val_set, batch_size=conf.batch_size, shuffle=False, **common)
     if len(train) == 0:
         raise CnnbenchError(f"{root}/train has {len(train_set)} images, fewer than one batch of "
                             f"dataset.batch_size={conf.batch_size}. Lower the batch size.")

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from cnnbench.errors import CnnbenchError
+from cnnbench.track import why_unloadable
 
 # torchvision's DenseNet files predate its current names: "denselayer1.norm.1.weight" is now
 # "denselayer1.norm1.weight" (torchvision.models.densenet._load_state_dict does the same).
@@ -35,10 +36,12 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CnnbenchError(
-            f"model.weights={path} was refused: it is not a plain state dict of tensors ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:160]}). cnnbench loads with weights_only=True and never runs code "
-            f"from a file; save the weights with torch.save(model.state_dict(), path).") from None
+        refused, why = why_unloadable(e)
+        if refused:
+            raise CnnbenchError(
+                f"model.weights={path} was refused: it is not a plain state dict of tensors; {why}. Save "
+                f"the weights alone, torch.save(model.state_dict(), path), from a source you trust.") from None
+        raise CnnbenchError(f"model.weights={path} cannot be read: {why}. Download or save it again.") from None
     if isinstance(obj, dict):
         for key in ("weights", "state_dict", "model"):  # cnnbench checkpoints, other trainers
             if isinstance(obj.get(key), dict):
