@@ -59,20 +59,29 @@ def count_macs_of(model: nn.Module, input_shape: Tuple[int, int, int]) -> int:
 def activation_bytes(build: Callable[[], nn.Module], input_shape: Tuple[int, int, int], batch: int = 2) -> int:
     """Bytes per image of the tensors the forward pass saves for backward (training mode, fp32).
 
-    Counted with autograd's saved-tensor hooks on a CPU copy of the model; each storage counts
-    once and parameters are excluded. This is what grows with batch size in training memory."""
-    model = build().train()
-    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    Counted with autograd's saved-tensor hooks, on the meta device (shapes only: no weights to
+    initialise, no arithmetic; a model whose forward meta cannot run is counted on the CPU). Each
+    storage counts once and parameters are excluded. This is what grows with batch size in
+    training memory."""
+    try:
+        return _saved_bytes(build, input_shape, batch, "meta")
+    except (NotImplementedError, RuntimeError):
+        return _saved_bytes(build, input_shape, batch, "cpu")
+
+
+def _saved_bytes(build, input_shape, batch: int, device: str) -> int:
+    with torch.device(device):
+        model = build().train()
+        x = torch.randn(batch, *input_shape)
+    params = {p.untyped_storage()._cdata for p in model.parameters()}  # storage identity, meta included
     seen: Dict[int, int] = {}
 
     def pack(t: torch.Tensor):
         storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in param_ptrs:
-            seen[ptr] = max(seen.get(ptr, 0), storage.nbytes())
+        if storage._cdata not in params:
+            seen[storage._cdata] = max(seen.get(storage._cdata, 0), storage.nbytes())
         return t
 
-    x = torch.randn(batch, *input_shape)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model(x)
     del out

@@ -135,8 +135,8 @@ def test_train_other_models_and_optimizers(tmp_path, model_args):
 def test_synthetic_data_is_learnable(tmp_path):
     run_dir = tmp_path / "run"
     r = cnnbench("train", *TINY, "dataset.train_size=1024", "dataset.val_size=256",
-                 "trainer.max_steps_per_epoch=0", "trainer.epochs=3", "optimizer.lr=0.02",
-                 f"hydra.run.dir={run_dir}", cwd=tmp_path)
+                 "trainer.max_steps_per_epoch=0", "trainer.max_eval_steps=0", "trainer.epochs=3",
+                 "optimizer.lr=0.02", "trainer.log_every_steps=16", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     res = read_results(run_dir)
     assert res["top1_err"] < 0.5  # chance is 0.9

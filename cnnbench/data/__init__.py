@@ -46,6 +46,17 @@ def _idx_path(folder: Path, stem: str) -> Optional[Path]:
     return None
 
 
+_IDX_CACHE: dict = {}  # (path, size, mtime) -> tensor: a sweep's jobs decompress each file once
+
+
+def _read_idx_cached(path: Path) -> torch.Tensor:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _IDX_CACHE:
+        _IDX_CACHE[key] = read_idx(path)
+    return _IDX_CACHE[key]  # callers copy before changing it (slicing, .to(device), resizing)
+
+
 def read_idx(path: Path) -> torch.Tensor:
     """An IDX file (LeCun's MNIST format): 2 zero bytes, a type byte (0x08 = uint8), the number
     of dimensions, each dimension as a big-endian int32, then the data."""
@@ -68,7 +79,7 @@ def _load_mnist_like(name: str, root: Path, download: bool):
     for folder in candidates:
         paths = [_idx_path(folder, stem) for stem in _IDX_FILES]
         if all(paths):
-            x_tr, y_tr, x_va, y_va = (read_idx(p) for p in paths)
+            x_tr, y_tr, x_va, y_va = (_read_idx_cached(p) for p in paths)
             return (x_tr[:, None], y_tr.long(), x_va[:, None], y_va.long()), str(folder)
     if download:
         import torchvision.datasets as tvd

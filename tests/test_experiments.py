@@ -1,0 +1,128 @@
+"""The experiments in conf/experiment/, each run end to end through the real command as the README
+tells users to try one: `cnnbench train +experiment=NAME trainer=smoke` (4 training steps and 4
+evaluation batches per job), shrunk further where a comment says why. The experiment file alone
+makes it a sweep; every job must complete and record the facts the experiment is about."""
+
+import itertools
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import FASHION_MNIST, TINY, cnnbench, read_results
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+# The experiments read Fashion-MNIST; without it, TINY's synthetic grey images stand in.
+SYNTHETIC = [o for o in TINY if o.startswith(("dataset=", "dataset.in_channels", "dataset.mean", "dataset.std"))]
+DATA = [] if FASHION_MNIST.is_dir() else SYNTHETIC
+# A smoke job reads at most 4 batches of each split, so only those images are loaded (and resized
+# to the model's input: for AlexNet the 70,000 images would take seconds). One batch of 128 fits.
+SUBSET = ["dataset.train_size=256", "dataset.val_size=128"]
+# One thread: at these sizes, and on a machine running other tests too, handing each small
+# operation to a second thread costs more than it saves (5-20x slower with two, measured).
+ONE_THREAD = ["trainer.threads=1"]
+# Fewer images per step where the batch size is not what the experiment is about: 4 steps of
+# 128 images through ResNet-56 or VGG-11 take seconds each on a CPU.
+SMALL_BATCH = ["dataset.batch_size=16"]
+
+
+def run_experiment(name: str, tmp_path: Path, *overrides: str) -> list:
+    """Run `cnnbench train +experiment=NAME trainer=smoke OVERRIDES`; the results of its jobs."""
+    sweep = tmp_path / name
+    r = cnnbench("train", f"+experiment={name}", "trainer=smoke", f"hydra.sweep.dir={sweep}", *DATA,
+                 *SUBSET, *ONE_THREAD, *overrides, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    missing = [p.name for p in jobs if not (p / "results.json").is_file()]
+    assert not missing, f"job folders without results.json: {missing}"
+    results = [read_results(p) for p in jobs]
+    assert [r["status"] for r in results] == ["completed"] * len(jobs)
+    return results
+
+
+def swept(name: str) -> dict:
+    """The experiment file's sweep: {key: [values]}."""
+    params = OmegaConf.load(CONF / "experiment" / f"{name}.yaml").hydra.sweeper.params
+    return {k: str(v).split(",") for k, v in params.items()}
+
+
+def test_every_experiment_is_tested_here():
+    tested = {n.removeprefix("test_experiment_") for n in globals() if n.startswith("test_experiment_")}
+    assert sorted(tested) == EXPERIMENTS
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_file_states_a_sweep_of_its_own(name):
+    path = CONF / "experiment" / f"{name}.yaml"
+    assert path.read_text().startswith("# @package _global_\n# "), "the package line, then what it shows"
+    hydra = OmegaConf.to_container(OmegaConf.load(path), resolve=False)["hydra"]
+    assert hydra["mode"] == "MULTIRUN" and hydra["sweeper"]["params"]  # a sweep without -m
+    assert hydra["sweep"]["dir"] == f"outputs/experiments/{name}/${{now:%Y-%m-%d_%H-%M-%S}}"
+
+
+def test_experiment_zoo(tmp_path):
+    # One step per network, no checkpoints: VGG-11 and AlexNet have 129 M and 58 M weights, and an
+    # Adam step over them takes seconds on a CPU (a checkpoint holds them three times over).
+    results = run_experiment("zoo", tmp_path, *SMALL_BATCH, "trainer.max_steps_per_epoch=1",
+                             "trainer.max_eval_steps=1", "trainer.checkpoint=false")
+    models = swept("zoo")["model"]
+    assert sorted(r["model"] for r in results) == sorted(models) and len(models) == 7
+    by_model = {r["model"]: r for r in results}
+    # each at the smallest size it takes: Fashion-MNIST's 28 px, raised where the network needs it
+    if not DATA:
+        sizes = {m: by_model[m]["input_shape"][1] for m in models}
+        assert sizes == {"lenet5": 32, "alexnet": 67, "vgg11": 32, "googlenet": 28, "resnet18": 32,
+                         "densenet121": 29, "mobilenet_v2": 28}
+    # one budget: the same optimizer, schedule, epochs and batch for every network
+    budgets = {str({k: r["config"][k] for k in ("optimizer", "scheduler", "trainer")}) for r in results}
+    assert len(budgets) == 1 and len({r["batch_size"] for r in results}) == 1
+
+
+def test_experiment_degradation(tmp_path):
+    # The smoke budget's 4 steps as 2 epochs of 2, so that there is a curve: one point per epoch.
+    results = run_experiment("degradation", tmp_path, *SMALL_BATCH, "trainer.epochs=2",
+                             "trainer.max_steps_per_epoch=2", "trainer.max_eval_steps=2")
+    by_model = {r["model"]: r for r in results}
+    assert sorted(by_model) == ["plain20", "plain56", "resnet20", "resnet56"]
+    for depth in (20, 56):  # the shortcut is the only difference: no parameters of its own
+        assert by_model[f"plain{depth}"]["params"] == by_model[f"resnet{depth}"]["params"]
+    for r in results:  # the curve the experiment is read from: training error at every epoch
+        errors = [h["train_top1_err"] for h in r["history"]]
+        assert [h["epoch"] for h in r["history"]] == [1, 2] and all(0 <= e <= 1 for e in errors)
+
+
+def test_experiment_normalization(tmp_path):
+    results = run_experiment("normalization", tmp_path)
+    assert len(results) == 12
+    done = {(r["config"]["model"]["norm"], r["config"]["dataset"]["batch_size"]) for r in results}
+    assert done == set(itertools.product(["batch", "layer", "instance", "group"], [2, 8, 128]))
+    assert {r["model"] for r in results} == {"resnet20"}
+    assert {r["batch_size"] for r in results} == {2, 8, 128}
+    # the same images for every job: one training subset, one number of epochs
+    assert len({(r["config"]["dataset"]["train_size"], r["config"]["trainer"]["epochs"]) for r in results}) == 1
+
+
+def test_experiment_optimizers(tmp_path):
+    results = run_experiment("optimizers", tmp_path, *SMALL_BATCH)
+    names = swept("optimizers")["optimizer"]
+    assert len(results) == len(names) == 5 and {r["model"] for r in results} == {"lenet5"}
+    ran = sorted((r["optimizer"], r["config"]["optimizer"]["lr"], r["config"]["optimizer"]["momentum"])
+                 for r in results)
+    own = sorted((c.name, c.lr, c.get("momentum")) for c in
+                 (OmegaConf.load(CONF / "optimizer" / f"{n}.yaml") for n in names))
+    assert ran == own  # each with its own file's learning rate
+    assert ("sgd", 0.1, 0.0) in ran and ("sgd", 0.1, 0.9) in ran  # with and without momentum
+
+
+def test_experiment_separable(tmp_path):
+    results = run_experiment("separable", tmp_path, *SMALL_BATCH)
+    by_kind = {r["config"]["model"]["separable"]: r for r in results}
+    assert sorted(by_kind) == [False, True]
+    standard, separable = by_kind[False], by_kind[True]
+    assert standard["model"] == separable["model"] == "mobilenet_v1"
+    # MobileNets section 3.1: 8 to 9 times fewer multiply-adds with 3x3 depthwise separable layers
+    assert 8 < standard["macs"] / separable["macs"] < 9
+    assert 8 < standard["params"] / separable["params"] < 9
+    assert standard["train_images_per_s"] > 0 and separable["train_images_per_s"] > 0
