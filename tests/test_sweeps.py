@@ -34,6 +34,8 @@ def test_failed_job_is_recorded_and_a_rerun_skips_what_completed(tmp_path):
     assert read_results(sweep / "dataset=mnist")["status"] == "failed"
     table = cnnbench("compare", str(sweep), "--no-group", cwd=tmp_path)  # attempts/ are not rows
     assert table.returncode == 0 and table.stdout.count("dataset=mnist") == 1, table.stdout
+    report = (sweep / "report.md").read_text()  # the report shows the failure, with its reason
+    assert "failed" in report and "Dataset 'mnist' not found" in report
 
     # trainer.skip_completed=false: the completed job is not run over either
     strict = cnnbench(*args, "trainer.skip_completed=false", cwd=tmp_path)
