@@ -59,3 +59,28 @@ def test_torchrun_two_cpu_processes(tmp_path):
     last = track.load_checkpoint(run_dir / "checkpoints" / "last.pt", "lenet5")
     assert last["global_step"] == 8
     assert json.loads((run_dir / "results.json").read_text())["val_images"] == 32
+
+
+def test_torchrun_shards_an_image_folder(tmp_path):
+    from PIL import Image
+
+    for split, n in (("train", 8), ("val", 3)):  # 16 training images, 6 validation images
+        for c, cls in enumerate(("cat", "dog")):
+            (tmp_path / "imgs" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                image = Image.new("RGB", (8, 8), (255 * c, 40 * i, 255 - 255 * c))
+                image.save(tmp_path / "imgs" / split / cls / f"{i}.png")
+    run_dir = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "cnnbench", "train", "dataset=imagefolder", f"dataset.root={tmp_path / 'imgs'}",
+                        "model=lenet5", "dataset.image_size=32", "dataset.num_workers=0", "dataset.batch_size=4",
+                        "trainer=smoke", "trainer.max_steps_per_epoch=0", "trainer.max_eval_steps=0",
+                        f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    results = read_results(run_dir)
+    # 16 images, a global batch of 2 x 4: 2 steps; every validation image counted once
+    assert results["status"] == "completed" and results["global_batch_size"] == 8
+    assert results["train_images"] == 16 and results["val_images"] == 6 and results["weights_in_sync"]
+    assert track.load_checkpoint(run_dir / "checkpoints" / "last.pt", "lenet5")["global_step"] == 2

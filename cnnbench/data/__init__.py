@@ -162,11 +162,7 @@ def build_data(conf, device: torch.device, seed: int, image_size: int, rank: int
     if name == "imagefolder":
         from cnnbench.data.folder import build_imagefolder
 
-        if world > 1:
-            raise CnnbenchError("dataset=imagefolder does not shard across torchrun processes yet; use an "
-                                "in-memory dataset (mnist, fashion_mnist, cifar10/100, synthetic) with torchrun, "
-                                "or train on one GPU.")
-        return build_imagefolder(conf, device, seed, image_size)
+        return build_imagefolder(conf, device, seed, image_size, rank, world)
     root = Path(os.path.expanduser(conf.root))
     if name in _MNIST_LIKE:
         tensors, source = _load_mnist_like(name, root, conf.download)

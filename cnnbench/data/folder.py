@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, Subset
 from torchvision import datasets
 
 from cnnbench.data.memory import Normalize
@@ -45,13 +45,16 @@ def collate_readable(samples):
 
 class FromBatch(Sampler):
     """A batch sampler that starts its pass at batch `start` (a resumed epoch), without loading
-    the batches before it."""
+    the batches before it. Under torchrun every process draws the same global batches (world x
+    the per-process batch) and keeps its own slice of each, as the in-memory loader does."""
 
-    def __init__(self, batches: BatchSampler):
-        self.batches, self.batch_size, self.start = batches, batches.batch_size, 0
+    def __init__(self, batches: BatchSampler, rank: int = 0, world: int = 1):
+        self.batches, self.start = batches, 0
+        self.batch_size = batches.batch_size // world  # per process
+        self.mine = slice(rank * self.batch_size, (rank + 1) * self.batch_size)
 
     def __iter__(self):
-        return itertools.islice(iter(self.batches), self.start, None)
+        return (batch[self.mine] for batch in itertools.islice(iter(self.batches), self.start, None))
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -60,11 +63,12 @@ class FromBatch(Sampler):
 class DeviceLoader:
     """Wraps a DataLoader of uint8 batches: moves each to the device and normalises it there."""
 
-    def __init__(self, loader: DataLoader, mean, std, device: torch.device, train: bool, seed: int):
+    def __init__(self, loader: DataLoader, mean, std, device: torch.device, train: bool, seed: int,
+                 split: Path, world: int = 1):
         self.loader, self.device, self.train, self.seed = loader, device, train, seed
-        self.split = Path(loader.dataset.root)
+        self.split = split  # the folder the images come from, for messages
         self.normalize = Normalize(mean, std, device)
-        self.num_samples = len(loader) * loader.batch_sampler.batch_size if train else len(loader.dataset)
+        self.num_samples = len(loader) * loader.batch_sampler.batch_size * world if train else None
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """The next pass is epoch `epoch`, from batch `start`. The shuffle order of epoch e depends
@@ -98,7 +102,7 @@ class DeviceLoader:
                             f"{example} (truncated, corrupt or not an image).")
 
 
-def build_imagefolder(conf, device: torch.device, seed: int, image_size: int):
+def build_imagefolder(conf, device: torch.device, seed: int, image_size: int, rank: int = 0, world: int = 1):
     from torchvision.transforms import v2 as T
 
     from cnnbench.data import DataInfo
@@ -134,13 +138,17 @@ def build_imagefolder(conf, device: torch.device, seed: int, image_size: int):
     common = dict(num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
                   collate_fn=collate_readable)
     gen = torch.Generator().manual_seed(seed)  # the shuffle order and the workers' seeds
-    batches = FromBatch(BatchSampler(RandomSampler(train_set, generator=gen), conf.batch_size, drop_last=True))
+    batches = FromBatch(BatchSampler(RandomSampler(train_set, generator=gen), conf.batch_size * world,
+                                     drop_last=True), rank, world)
     train = DataLoader(train_set, batch_sampler=batches, generator=gen, **common)
-    val = DataLoader(val_set, batch_size=conf.batch_size, shuffle=False, **common)
+    # Under torchrun each process evaluates images rank, rank + world, ...: each once, by one process.
+    val_share = Subset(val_set, range(rank, len(val_set), world)) if world > 1 else val_set
+    val = DataLoader(val_share, batch_size=conf.batch_size, shuffle=False, **common)
     if len(train) == 0:
+        each = f" on each of {world} processes" if world > 1 else ""
         raise CnnbenchError(f"{root}/train has {len(train_set)} images, fewer than one batch of "
-                            f"dataset.batch_size={conf.batch_size}. Lower the batch size.")
-    info = DataInfo(len(train_set.classes), 3, image_size, len(train) * conf.batch_size,
+                            f"dataset.batch_size={conf.batch_size}{each}. Lower the batch size.")
+    info = DataInfo(len(train_set.classes), 3, image_size, len(train) * conf.batch_size * world,
                     len(val_set), str(root))
-    return (DeviceLoader(train, conf.mean, conf.std, device, True, seed),
-            DeviceLoader(val, conf.mean, conf.std, device, False, seed), info)
+    return (DeviceLoader(train, conf.mean, conf.std, device, True, seed, root / "train", world),
+            DeviceLoader(val, conf.mean, conf.std, device, False, seed, root / "val"), info)
