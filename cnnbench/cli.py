@@ -139,12 +139,18 @@ def _is_hydra_override(o: str) -> bool:
     return o.lstrip("+~").startswith("hydra")
 
 
+def _nearest_existing(path: Path) -> Path:
+    """path, or the closest of its ancestors that exists."""
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def _check_output_dir(path: Path, key: str) -> None:
     """The folder Hydra is about to create must be creatable: its nearest existing ancestor is a
     writable directory."""
-    parent = path.absolute()
-    while not parent.exists():
-        parent = parent.parent
+    parent = _nearest_existing(path)
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         why = "is not a directory" if not parent.is_dir() else "is not writable"
         raise CnnbenchError(f"Cannot create the output folder {path}: {parent} {why}. Choose another place "
@@ -160,19 +166,17 @@ def plan_jobs(overrides: List[str], multirun: bool) -> tuple:
     config is composed first to see its mode and sweep parameters."""
     from hydra import compose
     from hydra.types import RunMode
-    from omegaconf import OmegaConf
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf, open_dict
 
+    _PLANNED.pop("config", None)
     parsed = OverridesParser.create().parse_overrides(overrides)
     first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
              else o.input_line for o in parsed]  # one job's worth, to read the hydra node
     primary = compose("config", overrides=first, return_hydra_config=True)
     multirun = multirun or primary.hydra.mode == RunMode.MULTIRUN
     _PLANNED["run_dir"] = str(primary.hydra.run.dir)  # resolved now: torchrun's ranks share rank 0's
-    out = Path(_PLANNED["run_dir"]).absolute()
-    while not out.exists():
-        out = out.parent
-    _PLANNED["existing_ancestor"] = out  # what a refused run may clean up to, not beyond
+    _PLANNED["existing_ancestor"] = _nearest_existing(Path(_PLANNED["run_dir"]))  # a refused run cleans up to here
     if "slurm" in str(primary.hydra.launcher.get("_target_", "")).lower() and not shutil.which("sbatch"):
         raise CnnbenchError("hydra/launcher=slurm submits each job with sbatch, which is not on this machine's "
                             "PATH. Run the sweep from a SLURM login node, or use hydra/launcher=joblib (or "
@@ -181,6 +185,10 @@ def plan_jobs(overrides: List[str], multirun: bool) -> tuple:
                       "hydra.sweep.dir" if multirun else "hydra.run.dir")
     own = [o for o in overrides if not _is_hydra_override(o)]
     if not multirun:
+        if first == list(overrides):  # the one job is the primary config: preflight need not compose it again
+            with open_dict(primary):
+                del primary["hydra"]
+            _PLANNED["config"] = primary
         return [own], False
     params = primary.hydra.sweeper.get("params") or {}
     swept = [f"{k}={v}" for k, v in params.items()] + own
@@ -214,7 +222,7 @@ def preflight(overrides: List[str], multirun: bool) -> None:
             raise CnnbenchError(explain_config_error(e)) from None
         for job in jobs:
             try:
-                cfg = compose("config", overrides=job)
+                cfg = _PLANNED.pop("config", None) or compose("config", overrides=job)
                 run.validate(cfg)
             except CnnbenchError as e:
                 if not multirun:
@@ -227,9 +235,7 @@ def preflight(overrides: List[str], multirun: bool) -> None:
                 raise CnnbenchError(explain_config_error(e) + where) from None
     GlobalHydra.instance().clear()
     if not multirun:
-        run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), None)
-        if run_dir:
-            run.check_run_dir(cfg, Path(run_dir))
+        run.check_run_dir(cfg, Path(_PLANNED["run_dir"]))
 
 
 class _JobExit(SystemExit):

@@ -518,20 +518,19 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "epochs": 0, "top1_err": None, "top5_err": None, "loss": None,
         "best_top1_err": None, "best_epoch": None, "wall_time_s": 0.0, "history": [],
         "env": measure.environment(device),
-        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "config": _config_dict(cfg),
     }
     start_epoch, global_step, prior_wall, resumed_epoch = 0, 0, 0.0, None
     if checkpoint is not None:
-        state = checkpoint
-        model.load_state_dict(state["weights"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
-        start_epoch, global_step = state["epoch"], state["global_step"]
-        if state.get("epoch_state"):  # saved inside an epoch: go on from that batch
-            resumed_epoch = engine.EpochState(**state["epoch_state"])
-        results.update(state["results"])
+        model.load_state_dict(checkpoint["weights"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        _set_rng_state(checkpoint["rng"])
+        start_epoch, global_step = checkpoint["epoch"], checkpoint["global_step"]
+        if checkpoint.get("epoch_state"):  # saved inside an epoch: go on from that batch
+            resumed_epoch = engine.EpochState(**checkpoint["epoch_state"])
+        results.update(checkpoint["results"])
         prior_wall = results["wall_time_s"]
         where = f", batch {resumed_epoch.step + 1}" if resumed_epoch else ""
         log.info(f"Resuming {run.dir} at epoch {start_epoch + 1}{where} (step {global_step}).")
@@ -539,6 +538,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     log.info(f"{m.name}: {params:,} parameters, {gmacs(macs)} GMACs/image at {image_size} px; "
              f"{_value(d.name)} ({data.train_size:,} train / {data.val_size:,} val, {data.source}) "
              f"on {device}")
+
     def record() -> None:
         if main:
             track.write_results(run.results, results)
@@ -571,7 +571,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
 
     t_start = time.perf_counter()
     try:
-        with _StopRequest() as stop:
+        with _StopRequest(together=world.active) as stop:
             for epoch in range(start_epoch, t.epochs):
                 epoch_state, resumed_epoch = resumed_epoch, None
                 train_loader.set_epoch(epoch, start=epoch_state.step if epoch_state else 0)
@@ -589,9 +589,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                         if (t.checkpoint and t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0
                                 and state.step < steps_per_epoch):
                             save_last(epoch, step, state, seconds_before + time.perf_counter() - t_epoch)
-                        if world.active:  # stop together, at a log step (the processes meet there anyway)
-                            return step % t.log_every_steps == 0 and stop.agreed(device)
-                        return stop.signum is not None
+                        # torchrun: the processes decide together, at log steps (they meet there anyway)
+                        return (not world.active or step % t.log_every_steps == 0) and stop.requested(device)
 
                     stats = engine.train_one_epoch(net, train_loader, optimizer, scheduler, scaler, step_cfg,
                                                    global_step, on_log, on_step, epoch_state)
@@ -639,8 +638,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                                                          "epoch": epoch + 1, "top1_err": results["best_top1_err"],
                                                          "config": results["config"]})
                 record()
-                if epoch + 1 < t.epochs and (stop.agreed(device) if world.active else stop.signum is not None):
-                    raise RunInterrupted(stop.signum or signal.SIGTERM)  # a signal during evaluation
+                if epoch + 1 < t.epochs and stop.requested(device):  # a signal during evaluation
+                    raise RunInterrupted(stop.signum)
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         how = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
@@ -700,9 +699,10 @@ class _StopRequest:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self, together: bool = False):
         self.signum = None
         self.previous = {}
+        self.together = together  # torchrun: a stop is decided by every process at once
         self.signals = self.SIGNALS
         if os.environ.get("SUBMITIT_EXECUTOR"):  # a submitit (SLURM) job: its time-out/pre-emption signal too
             self.signals += (signal.Signals[f"SIG{os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2')}"],)
@@ -713,9 +713,11 @@ class _StopRequest:
         self.signum = signum
         os.write(2, b"\nStopping after this step to save the run; signal again to quit at once.\n")
 
-    def agreed(self, device: torch.device) -> bool:
-        """Under torchrun: whether any process was signalled (a collective: every process calls it
-        at the same step, so they all stop at that step)."""
+    def requested(self, device: torch.device) -> bool:
+        """Whether to stop now. Under torchrun, whether any process was signalled (a collective:
+        every process calls it at the same step, so they all stop at that step)."""
+        if not self.together:
+            return self.signum is not None
         flag = torch.tensor([0 if self.signum is None else self.signum], device=device)
         signum = int(distributed.all_max(flag))
         if signum and self.signum is None:
