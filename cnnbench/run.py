@@ -108,6 +108,7 @@ def validate(cfg: DictConfig) -> None:
     for key, value in [("optimizer.weight_decay", o.weight_decay), ("trainer.grad_clip", t.grad_clip),
                        ("trainer.max_steps_per_epoch", t.max_steps_per_epoch),
                        ("trainer.max_eval_steps", t.max_eval_steps), ("trainer.threads", t.threads),
+                       ("trainer.checkpoint_every_steps", t.checkpoint_every_steps),
                        ("dataset.train_size", d.train_size), ("dataset.val_size", d.val_size),
                        ("dataset.num_workers", d.num_workers)]:
         if value < 0:

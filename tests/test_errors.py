@@ -50,6 +50,7 @@ BAD_TRAIN_INPUTS = [
     (["model=resnet18", "model.classic=true"], "model.classic does not apply to resnet18"),
     (["optimizer=adam", "optimizer.momentum=0.9"], "optimizer.momentum does not apply to adam"),
     (["optimizer.nesterov=true", "optimizer.momentum=0"], "needs optimizer.momentum > 0"),
+    (["trainer.checkpoint_every_steps=-1"], "trainer.checkpoint_every_steps=-1 is negative. Set it to 0 or more."),
     (["trainer.device=tpu"], "trainer.device='tpu' is not a device"),
     (["-m", "model=lenet5,nosuchnet"], "Unknown model 'nosuchnet'"),
     (["optimizer.lr=0.1=2"], "Cannot read the command line"),
