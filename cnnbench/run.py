@@ -405,7 +405,8 @@ def reuse_run_dir(cfg: DictConfig, run_dir: Path, sweeping: bool):
         log.info(f"Skipping {run.dir.name}: already completed (trainer.skip_completed).")
         return before
     if status in ("interrupted", "running") and run.last.is_file():
-        log.info(f"Resuming {run.dir.name}: it was {status} at epoch {before.get('epochs')}.")
+        log.info(f"{run.dir.name} was {status if status != 'running' else 'killed'} after "
+                 f"{before.get('epochs') or 0} complete epoch(s): resuming it from {run.last.name}.")
         cfg.trainer.resume = True
         return None
     if status in ("failed", "diverged", "interrupted", "running"):

@@ -1,8 +1,15 @@
 """Sweeps through Hydra's submitit launcher: submitit_local runs each job in a process of its own
 (what a SLURM job does on its node), and hydra/launcher=slurm composes cnnbench's cluster settings."""
 
+import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
@@ -50,3 +57,52 @@ def test_slurm_launcher_composes_with_cnnbench_settings(tmp_path, monkeypatch):
     launcher = hydra_node("hydra/launcher=slurm", "hydra.launcher.timeout_min=60").launcher
     assert (launcher.partition, launcher.timeout_min) == ("a100", 60)
     assert OmegaConf.to_container(launcher, resolve=True)["partition"] == "a100"
+
+
+def _job_processes(sweep: Path):
+    """PIDs of the submitit job processes running jobs of this sweep (what SLURM would signal)."""
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if b"submitit.core._submit" in cmd and str(sweep).encode() in cmd:
+            yield int(d.name)
+
+
+def test_preemption_saves_then_submitit_requeues_and_the_job_resumes(tmp_path):
+    """USR2 is what a SLURM job gets before its time limit or a pre-emption. The job saves its
+    position, submitit requeues it (submitit_local restarts it, as SLURM would), and the requeued
+    job resumes mid-epoch and completes with the same figures as an uninterrupted run."""
+    sweep = tmp_path / "sweep"
+    args = [a for a in TINY if not a.startswith(("trainer=", "dataset.train_size"))]
+    args += ["dataset.train_size=2048", "trainer.device=cpu", "trainer.epochs=3", "trainer.threads=1",
+             "trainer.progress=false", "trainer.checkpoint_every_steps=20", "trainer.max_eval_steps=2"]
+    env = {**os.environ, "CNNBENCH_DATA": str(tmp_path / "data")}
+    sweeping = subprocess.Popen([sys.executable, "-m", "cnnbench", "train", "-m", *args, "seed=0",
+                                 "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = sweep / "job"  # one job: nothing differs between jobs to name it by
+    deadline = time.monotonic() + 120
+    while not (job / "checkpoints" / "last.pt").exists():  # training has begun: its handler is in place
+        assert sweeping.poll() is None and time.monotonic() < deadline, sweeping.communicate()[0]
+        time.sleep(0.05)
+    pids = list(_job_processes(sweep))
+    assert len(pids) == 1
+    os.kill(pids[0], signal.SIGUSR2)
+    out, _ = sweeping.communicate(timeout=300)
+    assert sweeping.returncode == 0, out
+    log = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.*"))
+    assert "Caught signal SIGUSR2" in log and "this job is preempted" in log
+    resumed = [line for line in (job / "train.log").read_text().splitlines() if "Resuming" in line]
+    assert len(resumed) == 1 and "at epoch 1, batch " in resumed[0]  # mid-epoch, from the saved position
+    results = read_results(job)
+    assert results["status"] == "completed" and len(results["history"]) == 3
+
+    plain = cnnbench("train", *args, "seed=0", f"hydra.run.dir={tmp_path / 'plain'}", cwd=tmp_path)
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    reference = read_results(tmp_path / "plain")
+    figures = ("epoch", "train_loss", "train_top1_err", "val_loss", "val_top1_err")
+    # The same weights and counts; a loss summed over differently cut windows may differ in float32's last digit.
+    assert [{k: h[k] for k in figures} for h in results["history"]] == \
+        [{k: pytest.approx(h[k], rel=1e-6) for k in figures} for h in reference["history"]]

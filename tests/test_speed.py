@@ -25,6 +25,21 @@ def test_bf16_autocast_and_channels_last_on_the_cpu(tmp_path, monkeypatch):
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+def test_fp16_trains_with_a_gradient_scaler_that_the_checkpoint_keeps(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNBENCH_DATA", str(tmp_path / "data"))
+    plain = run.train(compose_cfg(*TINY), tmp_path / "plain")
+    half = run.train(compose_cfg(*TINY, "trainer.amp=fp16"), tmp_path / "half")
+    assert half["amp"] == "fp16" and half["status"] == "completed"
+    assert abs(half["history"][0]["train_loss"] - plain["history"][0]["train_loss"]) < 0.05
+    state = track.load_checkpoint(tmp_path / "half" / "checkpoints" / "last.pt", "lenet5")
+    assert state["scaler"]["scale"] > 0 and state["scaler"]["_growth_tracker"] == 4  # 4 steps, none overflowed
+    resumed = run.train(compose_cfg(*TINY, "trainer.amp=fp16", "trainer.epochs=2", "trainer.resume=true"),
+                        tmp_path / "half")
+    assert resumed["status"] == "completed" and len(resumed["history"]) == 2
+    again = track.load_checkpoint(tmp_path / "half" / "checkpoints" / "last.pt", "lenet5")
+    assert again["scaler"]["_growth_tracker"] == 8  # the scaler's count went on from the checkpoint
+
+
 def test_compile_reports_its_first_step_apart(tmp_path, monkeypatch):
     if shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None:
         raise AssertionError("torch.compile on the CPU needs a C++ compiler (apt-get install g++)")

@@ -70,7 +70,7 @@ def test_an_interrupted_job_resumes_when_the_sweep_runs_again(tmp_path, monkeypa
     r = cnnbench("train", "-m", *TINY, "trainer.epochs=2", "trainer.progress=false", "seed=0,1",
                  f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "Resuming seed=1: it was interrupted at epoch 1" in r.stdout
+    assert "seed=1 was interrupted after 1 complete epoch(s): resuming it from last.pt" in r.stdout
     resumed, fresh = read_results(sweep / "seed=1"), read_results(sweep / "seed=0")
     assert resumed["status"] == fresh["status"] == "completed"
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
