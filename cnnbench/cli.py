@@ -470,7 +470,13 @@ def _gpu_slots(args: List[str]) -> Optional[str]:
     n = torch.cuda.device_count()
     if n < 2:
         return None
-    if not any(a.startswith("hydra.launcher.n_jobs=") for a in args):
+    asked = [a for a in args if a.startswith("hydra.launcher.n_jobs=")]
+    if asked and asked[-1].split("=", 1)[1].isdigit() and int(asked[-1].split("=", 1)[1]) > n:
+        # A worker past the GPU count would hold a job while it waits for another worker's GPU.
+        log.warning(f"{asked[-1]} with {n} GPUs: running {n} workers, one per GPU.")
+        args.remove(asked[-1])
+        asked = []
+    if not asked:
         args.append(f"hydra.launcher.n_jobs={n}")
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(n))))
     os.environ[_GPU_LOCKS] = tempfile.mkdtemp(prefix="cnnbench-gpus-")

@@ -164,7 +164,7 @@ class TrainerConf:
     on_nan: OnNan = OnNan.stop  # a non-finite training loss: stop (status diverged) | skip_step
     resume: bool = False  # continue from checkpoints/last.pt in the run directory
     threads: int = 0  # CPU threads for torch; 0 = torch's default (one per core)
-    deterministic: bool = False  # deterministic kernels (slower; for exact reproduction)
+    deterministic: bool = False  # deterministic kernels where PyTorch has them (slower); a layer without one warns
     progress: bool = True  # rich progress bar (shown only on a terminal)
 
 

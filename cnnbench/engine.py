@@ -231,7 +231,8 @@ def evaluate(model: nn.Module, loader: Iterable, step: StepConfig) -> dict:
     """Loss, top-1 and top-5 error (fractions, 0-1) over the loader (its first step.max_eval_steps
     batches when set), in evaluation mode, and the number of images they cover."""
     model.eval()
-    totals = torch.zeros(4, device=step.device)  # loss sum, top-1 errors, top-5 errors, images
+    totals = torch.zeros(3, device=step.device)  # loss sum, top-1 errors, top-5 errors
+    images = 0  # counted on the host: no copy to the device per batch
     for i, (x, y) in enumerate(loader):
         if i == step.max_eval_steps > 0:
             break
@@ -240,7 +241,8 @@ def evaluate(model: nn.Module, loader: Iterable, step: StepConfig) -> dict:
         with _autocast(step):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y, reduction="sum")
-        totals += torch.stack([loss, *topk_errors(logits, y, (1, 5)).float(),
-                               torch.tensor(float(len(y)), device=step.device)])
-    loss_sum, err1, err5, images = distributed.all_sum(totals).tolist()  # every process's share
+        totals += torch.stack([loss, *topk_errors(logits, y, (1, 5)).float()])
+        images += len(y)
+    counts = torch.cat([totals, torch.tensor([float(images)], device=step.device)])
+    loss_sum, err1, err5, images = distributed.all_sum(counts).tolist()  # every process's share
     return {"loss": loss_sum / images, "top1_err": err1 / images, "top5_err": err5 / images, "images": int(images)}

@@ -47,13 +47,30 @@ def count_macs(build: Callable[[], nn.Module], input_shape: Tuple[int, int, int]
     return count_macs_of(model, input_shape)
 
 
+# Layers with no convolution or matrix product inside: they count 0 MACs in this convention, but
+# the flop counter decomposes each into elementwise ops to look (BatchNorm: half of the time it
+# takes to count a ResNet-50). While counting they are passed through unchanged; same shapes.
+_NO_MACS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
 def count_macs_of(model: nn.Module, input_shape: Tuple[int, int, int]) -> int:
     """count_macs for a model already built (on any device; meta is fastest)."""
     device = next(model.parameters()).device
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model.eval()(torch.empty(1, *input_shape, device=device))
+    skipped = [m for m in model.modules() if isinstance(m, _NO_MACS)]
+    for m in skipped:
+        m.forward = _pass_through  # an instance attribute: the class's forward is untouched
+    try:
+        with counter, torch.no_grad():
+            model.eval()(torch.empty(1, *input_shape, device=device))
+    finally:
+        for m in skipped:
+            del m.forward
     return counter.get_total_flops() // 2
+
+
+def _pass_through(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def activation_bytes(build: Callable[[], nn.Module], input_shape: Tuple[int, int, int], batch: int = 2) -> int:
@@ -158,7 +175,9 @@ PEAK_TFLOPS = {
 
 
 def _peak_key(device: torch.device) -> Optional[str]:
-    name = torch.cuda.get_device_name(device)
+    name = torch.cuda.get_device_name(device)  # e.g. "NVIDIA H100 80GB HBM3" (SXM), "NVIDIA H100 PCIe"
+    if "NVL" in name:  # H100 NVL / H200 NVL: other clocks and power, not in the table
+        return None
     if "H200" in name:
         return "H200"
     if "H100" in name:
@@ -311,21 +330,28 @@ def speed(model: nn.Module, input_shape: Tuple[int, int, int], batch: int, devic
 
 def max_train_batch(model: nn.Module, input_shape: Tuple[int, int, int], device: torch.device,
                     limit: int = 65536) -> int:
-    """CUDA: the largest training batch whose step fits in memory (doubling, then bisection)."""
+    """CUDA: the largest training batch, up to limit, whose fp32 step fits in memory (doubling,
+    then bisection); 0 if not even 2 fit (BatchNorm cannot train on one image)."""
     def fits(batch: int) -> bool:
         try:
             speed(model, input_shape, batch, device, warmup=0, repeats=1, train_step=True)
             return True
         except torch.cuda.OutOfMemoryError:
             return False
+        except RuntimeError as e:  # cuDNN and cuBLAS report a failed allocation in their own words
+            if "ALLOC_FAILED" in str(e) or "out of memory" in str(e):
+                return False
+            raise
         finally:
             model.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
 
-    lo, hi = 1, 2
+    lo, hi = 0, 2
     while hi <= limit and fits(hi):
         lo, hi = hi, hi * 2
-    while hi - lo > 1:
+    if lo == 0 or hi > limit:
+        return lo
+    while hi - lo > 1:  # lo fits, hi does not
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo

@@ -263,14 +263,18 @@ def _prepare(t, seed: int, world: distributed.World = distributed.World()) -> to
         distributed.init()
         if device.type == "cuda":
             device = torch.device("cuda", world.local_rank)
-            torch.cuda.set_device(device)
+    if device.type == "cuda":  # the current device: CUDA events, streams and bare .cuda() calls use it
+        torch.cuda.set_device(device)
         if t.sync_bn and device.type != "cuda":
             raise CnnbenchError("trainer.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm runs on GPUs). "
                                 "Remove it for CPU training.")
     if t.threads:
         torch.set_num_threads(t.threads)
+    # Set either way: an earlier job of a sweep in this process may have turned it on. warn_only:
+    # a layer with no deterministic CUDA kernel (adaptive average pooling's backward to 7x7, as in
+    # VGG and AlexNet) warns, naming itself, instead of ending the run.
+    torch.use_deterministic_algorithms(bool(t.deterministic), warn_only=True)
     if t.deterministic:
-        torch.use_deterministic_algorithms(True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = device.type == "cuda" and not t.deterministic
     _seed_everything(seed)
@@ -492,6 +496,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     if world.active:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if t.compile:
+        # Forget code compiled for earlier jobs of a sweep in this process: past 8 versions of one
+        # forward (dynamo's recompile limit) torch.compile would quietly fall back to eager.
+        torch._dynamo.reset()
         net = torch.compile(net)
 
     steps_per_epoch = min(len(train_loader), t.max_steps_per_epoch) if t.max_steps_per_epoch else len(train_loader)
@@ -513,7 +520,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "input_shape": list(input_shape), "num_classes": num_classes, "batch_size": d.batch_size,
         "world_size": world.size, "global_batch_size": d.batch_size * world.size,  # batch_size is per process
         "amp": amp, "channels_last": channels_last, "compile": t.compile,
-        "cudnn_benchmark": torch.backends.cudnn.benchmark, "fused_optimizer": device.type == "cuda",
+        "cudnn_benchmark": torch.backends.cudnn.benchmark, "fused_optimizer": bool(optimizer.defaults.get("fused")),
         "compile_s": None, "data_wait_s": None, "compute_s": None, "mfu": None,
         "mfu_note": measure.mfu_note(device, amp),
         "train_images": data.train_size, "val_images": data.val_size, "data_source": data.source,
@@ -773,7 +780,7 @@ def _out_of_memory(e: Exception, device: torch.device, batch_size: int) -> Optio
         return (f"{device} ran out of memory at dataset.batch_size={batch_size} (peak "
                 f"{peak / 2**20:,.0f} MiB allocated of {total / 2**20:,.0f} MiB). Lower dataset.batch_size, "
                 f"or find the largest batch that fits with `cnnbench profile model=... "
-                f"profile.find_max_batch=true`.")
+                f"profile.find_max_batch=true` (it counts in fp32: a bf16 run fits at least that many).")
     if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):
         return (f"The machine ran out of memory at dataset.batch_size={batch_size}: {e}. Lower "
                 f"dataset.batch_size (or dataset.image_size), or use a machine with more memory.")
@@ -844,6 +851,7 @@ def profile(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     log.info(f"Profiling {m.name} at {'x'.join(map(str, input_shape))} on {device}: {params:,} parameters, "
              f"{gmacs(macs)} GMACs/image")
     rows = [measure.speed(model, input_shape, b, device, p.warmup, p.repeats, p.train_step) for b in p.batch_sizes]
+    peak = measure.peak_memory(device)  # before find_max_batch's probes, which fill the device on purpose
     result = {
         "format": "cnnbench.profile", "format_version": 1, "model": m.name,
         "input_shape": list(input_shape), "num_classes": num_classes, "device": str(device),
@@ -860,7 +868,7 @@ def profile(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "pid": os.getpid(),  # the process that measured: in a sweep, each job has its own
         "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
     }
-    result["peak_memory_bytes"], result["peak_memory_kind"] = measure.peak_memory(device)
+    result["peak_memory_bytes"], result["peak_memory_kind"] = peak
     if p.find_max_batch and device.type != "cuda":
         log.info("profile.find_max_batch needs CUDA: a CPU's limit is the machine's memory, not a device's.")
     run_dir = Path(run_dir)

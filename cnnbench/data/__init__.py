@@ -135,16 +135,22 @@ def _load_cifar(name: str, root: Path, download: bool):
 # Synthetic: random images whose label is learnable
 # ---------------------------------------------------------------------------------------------
 
-def _make_synthetic(num_classes: int, channels: int, size: int, n_train: int, n_val: int, seed: int):
+def _make_synthetic(num_classes: int, channels: int, size: int, n_train: int, n_val: int, seed: int,
+                    device: torch.device = torch.device("cpu")):
     """Each class has a fixed random pattern; an image is its class pattern plus fresh noise, so a
-    model can learn the labels (a training run on it shows a falling loss)."""
-    gen = torch.Generator().manual_seed(seed)
-    patterns = torch.randn(num_classes, channels, size, size, generator=gen)
+    model can learn the labels (a training run on it shows a falling loss). Drawn on the training
+    device: 15,000 images at 224 px take seconds on a GPU, a minute on a CPU. The same seed gives
+    the same images on the same kind of device (a GPU's generator draws other numbers than a CPU's)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    patterns = torch.randn(num_classes, channels, size, size, generator=gen, device=device)
 
     def split(n):
-        y = torch.randint(0, num_classes, (n,), generator=gen)
-        x = 128 + 40 * patterns[y] + 40 * torch.randn(n, channels, size, size, generator=gen)
-        return x.round().clamp(0, 255).to(torch.uint8), y
+        y = torch.randint(0, num_classes, (n,), generator=gen, device=device)
+        x = torch.empty(n, channels, size, size, dtype=torch.uint8, device=device)
+        for i in range(0, n, 1024):  # in chunks: float32 only for 1,024 images at a time (0.6 GB at 224 px)
+            noise = torch.randn(len(y[i:i + 1024]), channels, size, size, generator=gen, device=device)
+            x[i:i + 1024] = noise.mul_(40).add_(patterns[y[i:i + 1024]], alpha=40).add_(128).round_().clamp_(0, 255)
+        return x, y
 
     return (*split(n_train), *split(n_val)), "generated"
 
@@ -170,7 +176,7 @@ def build_data(conf, device: torch.device, seed: int, image_size: int, rank: int
         tensors, source = _load_cifar(name, root, conf.download)
     elif name == "synthetic":
         tensors, source = _make_synthetic(conf.num_classes, conf.in_channels, image_size,
-                                          conf.train_size or 1024, conf.val_size or 256, seed)
+                                          conf.train_size or 1024, conf.val_size or 256, seed, device)
     else:
         raise CnnbenchError(f"Unknown dataset {name!r}.")
     x_tr, y_tr, x_va, y_va = tensors
