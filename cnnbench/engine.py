@@ -116,7 +116,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
     state = (state or EpochState()).to(step.device)
     n_steps = min(len(loader), step.max_steps) if step.max_steps else len(loader)
     run_steps = n_steps - state.step  # what this call does
-    warmup = min(10, run_steps // 10)  # steps left out of the throughput figure
+    # Steps left out of the throughput figure: a tenth, at least the first (allocation, cuDNN
+    # autotuning, torch.compile's compiling), at most 10. A one-step pass gives no figure.
+    warmup = min(10, max(1, run_steps // 10))
     done = 0
     stopped = False
     data_wait = 0.0  # host seconds spent waiting for the next batch
