@@ -436,7 +436,8 @@ def _summary(r: dict) -> None:
             ("MACs per image", f"{gmacs(r['macs'])} G (FLOPs = 2 × MACs)"),
             ("activations per image", f"{r['activation_bytes'] / 2**20:.2f} MiB"),
             ("peak memory", f"{(r['peak_memory_bytes'] or 0) / 2**20:,.0f} MiB ({r['peak_memory_kind']})"),
-            ("training throughput", f"{r['train_images_per_s'] or 0:,.0f} images/s"),
+            ("training throughput", f"{r['train_images_per_s']:,.0f} images/s" if r["train_images_per_s"]
+             else "— (a one-step epoch has no steady state)"),
             ("wall time", f"{r['wall_time_s']:.1f} s for {r['epochs']} epoch(s)"),
             ("run directory", r["run_dir"])]
     for k, v in rows:
@@ -470,11 +471,13 @@ def _gpu_slots(args: List[str]) -> Optional[str]:
     n = torch.cuda.device_count()
     if n < 2:
         return None
-    asked = [a for a in args if a.startswith("hydra.launcher.n_jobs=")]
-    if asked and asked[-1].split("=", 1)[1].isdigit() and int(asked[-1].split("=", 1)[1]) > n:
+    asked = [a for a in args if a.lstrip("+").startswith("hydra.launcher.n_jobs=")]
+    value = asked[-1].split("=", 1)[1] if asked else ""
+    if value.lstrip("-").isdigit() and not 1 <= int(value) <= n:  # -1 is joblib's "one per core"
         # A worker past the GPU count would hold a job while it waits for another worker's GPU.
         log.warning(f"{asked[-1]} with {n} GPUs: running {n} workers, one per GPU.")
-        args.remove(asked[-1])
+        for a in asked:
+            args.remove(a)
         asked = []
     if not asked:
         args.append(f"hydra.launcher.n_jobs={n}")

@@ -347,10 +347,17 @@ def max_train_batch(model: nn.Module, input_shape: Tuple[int, int, int], device:
             torch.cuda.empty_cache()
 
     lo, hi = 0, 2
-    while hi <= limit and fits(hi):
-        lo, hi = hi, hi * 2
-    if lo == 0 or hi > limit:
-        return lo
+    while True:  # double until a batch does not fit, or the limit does
+        batch = min(hi, limit)
+        if not fits(batch):
+            hi = batch
+            break
+        lo = batch
+        if batch == limit:
+            return lo
+        hi *= 2
+    if lo == 0:
+        return 0
     while hi - lo > 1:  # lo fits, hi does not
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)

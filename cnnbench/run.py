@@ -263,11 +263,13 @@ def _prepare(t, seed: int, world: distributed.World = distributed.World()) -> to
         distributed.init()
         if device.type == "cuda":
             device = torch.device("cuda", world.local_rank)
-    if device.type == "cuda":  # the current device: CUDA events, streams and bare .cuda() calls use it
-        torch.cuda.set_device(device)
         if t.sync_bn and device.type != "cuda":
             raise CnnbenchError("trainer.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm runs on GPUs). "
                                 "Remove it for CPU training.")
+    if device.type == "cuda":  # the current device: CUDA events, streams and bare .cuda() calls use it
+        if device.index is None:  # trainer.device=cuda or auto: the GPU CUDA calls current
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)
     if t.threads:
         torch.set_num_threads(t.threads)
     # Set either way: an earlier job of a sweep in this process may have turned it on. warn_only:
@@ -780,7 +782,8 @@ def _out_of_memory(e: Exception, device: torch.device, batch_size: int) -> Optio
         return (f"{device} ran out of memory at dataset.batch_size={batch_size} (peak "
                 f"{peak / 2**20:,.0f} MiB allocated of {total / 2**20:,.0f} MiB). Lower dataset.batch_size, "
                 f"or find the largest batch that fits with `cnnbench profile model=... "
-                f"profile.find_max_batch=true` (it counts in fp32: a bf16 run fits at least that many).")
+                f"profile.find_max_batch=true` (it counts in fp32 with plain SGD and no data set on the device: "
+                f"a guide, not a promise).")
     if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):
         return (f"The machine ran out of memory at dataset.batch_size={batch_size}: {e}. Lower "
                 f"dataset.batch_size (or dataset.image_size), or use a machine with more memory.")

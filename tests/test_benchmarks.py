@@ -1,6 +1,7 @@
 """benchmarks/gpu.py waits for a GPU session; its --smoke mode runs every target's code at toy
 sizes on the CPU, so that the script cannot rot unseen between the sessions that have a GPU."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_benchmark_script_runs_every_target_at_toy_sizes(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--smoke", "--repeats", "1"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                       env={"CNNBENCH_DATA": str(tmp_path / "data"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+                       env={**os.environ, "CNNBENCH_DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout + r.stderr
     rows = [line.split(" | ") for line in r.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     figures = {row[0].lstrip("| "): row[1] for row in rows[1:]}  # after the header

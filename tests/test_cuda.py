@@ -93,3 +93,4 @@ def test_deterministic_on_cuda_warns_for_layers_without_a_deterministic_kernel(t
     assert r.returncode == 0, r.stdout + r.stderr
     assert read_results(tmp_path / "d")["status"] == "completed"
     assert read_results(tmp_path / "d")["cudnn_benchmark"] is False
+    assert "does not have a deterministic implementation" in r.stderr  # VGG's 7x7 adaptive pooling, named

@@ -85,10 +85,12 @@ def test_preemption_saves_then_submitit_requeues_and_the_job_resumes(tmp_path):
     job = sweep / "job"  # one job: nothing differs between jobs to name it by
     deadline = time.monotonic() + 120
     while not (job / "checkpoints" / "last.pt").exists():  # training has begun: its handler is in place
-        assert sweeping.poll() is None and time.monotonic() < deadline, sweeping.communicate()[0]
+        if sweeping.poll() is not None or time.monotonic() > deadline:
+            sweeping.kill()
+            raise AssertionError("no checkpoint appeared: " + sweeping.communicate(timeout=60)[0])
         time.sleep(0.05)
     pids = list(_job_processes(sweep))
-    assert len(pids) == 1
+    assert len(pids) == 1, "the job ended before it could be signalled"
     os.kill(pids[0], signal.SIGUSR2)
     out, _ = sweeping.communicate(timeout=300)
     assert sweeping.returncode == 0, out

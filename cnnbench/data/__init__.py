@@ -140,14 +140,15 @@ def _make_synthetic(num_classes: int, channels: int, size: int, n_train: int, n_
     """Each class has a fixed random pattern; an image is its class pattern plus fresh noise, so a
     model can learn the labels (a training run on it shows a falling loss). Drawn on the training
     device: 15,000 images at 224 px take seconds on a GPU, a minute on a CPU. The same seed gives
-    the same images on the same kind of device (a GPU's generator draws other numbers than a CPU's)."""
+    the same images on a CPU every time, and on the same GPU model (a GPU's generator draws other
+    numbers than a CPU's, and may differ between GPU models)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     patterns = torch.randn(num_classes, channels, size, size, generator=gen, device=device)
 
     def split(n):
         y = torch.randint(0, num_classes, (n,), generator=gen, device=device)
         x = torch.empty(n, channels, size, size, dtype=torch.uint8, device=device)
-        for i in range(0, n, 1024):  # in chunks: float32 only for 1,024 images at a time (0.6 GB at 224 px)
+        for i in range(0, n, 1024):  # in chunks: float32 for 1,024 images at a time (2 x 0.6 GB at 224 px)
             noise = torch.randn(len(y[i:i + 1024]), channels, size, size, generator=gen, device=device)
             x[i:i + 1024] = noise.mul_(40).add_(patterns[y[i:i + 1024]], alpha=40).add_(128).round_().clamp_(0, 255)
         return x, y
