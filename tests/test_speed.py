@@ -99,3 +99,16 @@ def test_torchrun_shards_an_image_folder(tmp_path):
     assert results["status"] == "completed" and results["global_batch_size"] == 8
     assert results["train_images"] == 16 and results["val_images"] == 6 and results["weights_in_sync"]
     assert track.load_checkpoint(run_dir / "checkpoints" / "last.pt", "lenet5")["global_step"] == 2
+
+
+def test_sync_bn_under_torchrun_on_the_cpu_is_refused_with_the_fix(tmp_path):
+    run_dir = tmp_path / "ddp"
+    env = {**os.environ, "CNNBENCH_DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "cnnbench", "train", *TINY, "trainer.sync_bn=true", f"hydra.run.dir={run_dir}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "trainer.sync_bn=true needs CUDA" in out and "Remove it" in out
+    # torchrun reports a failed child with its own traceback (ChildFailedError); none comes from cnnbench
+    assert not any(line.strip().startswith("File") and "/cnnbench/" in line for line in out.splitlines())
+    assert not (run_dir / "results.json").exists()
