@@ -35,12 +35,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
 from cnnbench import measure, run  # noqa: E402
-from cnnbench.cli import CONF_DIR  # noqa: E402
-from cnnbench.config import register_configs  # noqa: E402
+from cnnbench.cli import compose_config  # noqa: E402
 from cnnbench.engine import sync_device  # noqa: E402
 from cnnbench.models import create_model  # noqa: E402
 
@@ -52,10 +49,7 @@ SMOKE_DATA = ["dataset=synthetic", "dataset.in_channels=1", "dataset.mean=[0.5]"
 
 
 def config(*overrides: str):
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=[*QUIET, *overrides])
+    return compose_config([*QUIET, *overrides])
 
 
 def train(cfg) -> dict:

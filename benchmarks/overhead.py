@@ -23,11 +23,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
 
 from cnnbench import run  # noqa: E402
-from cnnbench.cli import CONF_DIR  # noqa: E402
-from cnnbench.config import register_configs  # noqa: E402
+from cnnbench.cli import compose_config  # noqa: E402
 from cnnbench.data import build_data  # noqa: E402
 from cnnbench.engine import sync_device  # noqa: E402
 from cnnbench.models import create_model  # noqa: E402
@@ -72,10 +70,8 @@ def main():
     p.add_argument("--model", default="lenet5")
     a = p.parse_args()
 
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"model={a.model}", f"trainer.device={a.device}",
-                                           f"trainer.epochs={a.epochs}", "trainer.progress=false"])
+    cfg = compose_config([f"model={a.model}", f"trainer.device={a.device}", f"trainer.epochs={a.epochs}",
+                          "trainer.progress=false"])
     device = run.resolve_device(a.device)
     train, _, _ = build_data(OmegaConf.to_object(cfg.dataset), device, 0, run.image_size_for(cfg))
     x = train.normalize(train.images)  # the bare loop gets its floats ready-made

@@ -139,6 +139,20 @@ def _is_hydra_override(o: str) -> bool:
     return o.lstrip("+~").startswith("hydra")
 
 
+def compose_config(overrides: List[str]):
+    """The config `cnnbench train OVERRIDES` runs, composed by Hydra from conf/ and nothing run
+    (tests and benchmarks start here)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from cnnbench.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
 def _nearest_existing(path: Path) -> Path:
     """path, or the closest of its ancestors that exists."""
     path = path.absolute()
@@ -177,7 +191,8 @@ def plan_jobs(overrides: List[str], multirun: bool) -> tuple:
     multirun = multirun or primary.hydra.mode == RunMode.MULTIRUN
     _PLANNED["run_dir"] = str(primary.hydra.run.dir)  # resolved now: torchrun's ranks share rank 0's
     _PLANNED["existing_ancestor"] = _nearest_existing(Path(_PLANNED["run_dir"]))  # a refused run cleans up to here
-    if "slurm" in str(primary.hydra.launcher.get("_target_", "")).lower() and not shutil.which("sbatch"):
+    _PLANNED["on_cluster"] = "slurm" in str(primary.hydra.launcher.get("_target_", "")).lower()
+    if _PLANNED["on_cluster"] and not shutil.which("sbatch"):
         raise CnnbenchError("hydra/launcher=slurm submits each job with sbatch, which is not on this machine's "
                             "PATH. Run the sweep from a SLURM login node, or use hydra/launcher=joblib (or "
                             "submitit_local) to run it here.")
@@ -524,9 +539,9 @@ def hydra_main(command: str, args: List[str]) -> int:
     argv0 = sys.argv[0]
     sys.argv = [f"cnnbench {command}", *args]
     _COMMAND["name"] = command
-    on_cluster = any("launcher=slurm" in a or "launcher=submitit_slurm" in a for a in args)
     # Jobs on a cluster's other machines append to this file: it must be on the shared file system.
-    fd, failed_log = tempfile.mkstemp(prefix=".cnnbench-failed-", suffix=".txt", dir="." if on_cluster else None)
+    fd, failed_log = tempfile.mkstemp(prefix=".cnnbench-failed-", suffix=".txt",
+                                      dir="." if _PLANNED.get("on_cluster") else None)
     os.close(fd)
     os.environ[_FAILED_LOG] = failed_log
     os.environ[_PARENT_PID] = str(os.getpid())

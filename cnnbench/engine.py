@@ -193,10 +193,7 @@ def check_finite(state: EpochState, step: StepConfig) -> None:
     that the state a checkpoint saves is the same in every process."""
     if step.distributed:
         _reduce_window(state, step)
-        state.totals += state.window
-        state.images += state.window_images
-        state.window.zero_()
-        state.window_images = 0
+        _fold_window(state)
     bad = int(state.first_bad_step)
     if bad >= 0:
         raise Diverged(bad)
@@ -222,6 +219,11 @@ def log_window(state: EpochState, global_step: int, step: StepConfig, on_log) ->
     if state.window_images:  # 0 when every step since the last log was skipped (on_nan=skip_step)
         on_log(global_step, {"train/loss": loss_sum / state.window_images,
                              "train/top1_err": errors / state.window_images})
+    _fold_window(state)
+
+
+def _fold_window(state: EpochState) -> None:
+    """Add the running window to the epoch's totals and start a new window."""
     state.totals += state.window
     state.images += state.window_images
     state.window.zero_()

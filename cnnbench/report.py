@@ -17,6 +17,7 @@ import html
 import io
 import json
 import math
+import os
 import re
 import statistics
 import sys
@@ -60,8 +61,6 @@ def find_results(paths: list[str]) -> list[Path]:
     Earlier attempts of a sweep job that was run again (<job>/attempts/N/) are left out: the
     job's own results.json is its record. A folder below a path that cannot be read is skipped
     with a warning; a path that cannot be read is an error."""
-    import os
-
     found: dict[Path, None] = {}  # an ordered set, keyed by resolved path
     for p in map(Path, paths):
         if not p.exists():

@@ -10,11 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from cnnbench.cli import CONF_DIR
-from cnnbench.config import register_configs
+from cnnbench.cli import compose_config
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -25,10 +22,7 @@ TINY = ["dataset=synthetic", "trainer=smoke", "dataset.batch_size=16", "dataset.
 
 def compose_cfg(*overrides: str):
     """The config `cnnbench train OVERRIDES` would run, composed by Hydra from conf/."""
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_config(overrides)
 
 
 def cnnbench(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
