@@ -108,3 +108,13 @@ def test_preemption_saves_then_submitit_requeues_and_the_job_resumes(tmp_path):
     # The same weights and counts; a loss summed over differently cut windows may differ in float32's last digit.
     assert [{k: h[k] for k in figures} for h in results["history"]] == \
         [{k: pytest.approx(h[k], rel=1e-6) for k in figures} for h in reference["history"]]
+
+
+def test_slurm_launcher_without_sbatch_is_refused_before_anything_is_written(tmp_path):
+    no_sbatch = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                if not (Path(p) / "sbatch").exists())
+    r = cnnbench("train", "-m", *TINY, "seed=0,1", "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                 cwd=tmp_path, env={"PATH": no_sbatch})
+    assert r.returncode == 2 and "Traceback" not in r.stdout + r.stderr
+    assert "sbatch, which is not on this machine's PATH" in r.stderr and "hydra/launcher=joblib" in r.stderr
+    assert not (tmp_path / "sweep").exists() and not list(tmp_path.glob(".cnnbench-failed-*"))
