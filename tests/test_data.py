@@ -135,3 +135,40 @@ def test_imagefolder_reads_class_folders(tmp_path):
     assert x.shape == (4, 3, 16, 16)
     red = x[:, 0].mean((1, 2)) > 0.9  # class 0 = cat = red, read back through decode and crop
     assert torch.equal(red, y == 0)
+
+
+def _batch_ids(loader, epoch, start=0):
+    """The images of each batch of a training pass, as sets of ids read back from the pixels."""
+    loader.set_epoch(epoch, start)
+    return [set(torch.round(x[:, 0].mean((1, 2)) * 255 / 10).long().tolist()) for x, _ in loader]
+
+
+def test_a_global_batch_is_the_same_images_whatever_the_number_of_processes(tmp_path):
+    """torchrun: each process takes its share of every step's global batch, from one order per
+    (seed, epoch); a resumed epoch starts at its batch. Both loaders: an image folder (through
+    DistributedSampler) and in-memory tensors (by index)."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for i in range(24):  # image i is red 10 * i: its id is read back from the pixels
+            (tmp_path / split / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (10 * i, 0, 0)).save(tmp_path / split / f"c{i % 2}" / f"{i}.png")
+    folder = dict(name="imagefolder", root=str(tmp_path), num_classes=None, in_channels=3, mean=[0, 0, 0],
+                  std=[1, 1, 1])
+    x = torch.arange(24, dtype=torch.uint8).mul(10).view(24, 1, 1, 1).expand(24, 3, 8, 8).contiguous()
+    memory = dict(name="synthetic", in_channels=3, mean=[0, 0, 0], std=[1, 1, 1], train_size=24, val_size=8)
+    for kind in (folder, memory):
+        def loaders(batch, world):
+            conf = dataset_conf(**kind, batch_size=batch)
+            built = [build_data(conf, torch.device("cpu"), 3, 8, rank, world)[0] for rank in range(world)]
+            if kind is memory:  # the same tensors as the folder's, ids 0-23
+                for loader in built:
+                    loader.images, loader.labels = x, torch.zeros(24, dtype=torch.long)
+            return built
+        (one,), (r0, r1) = loaders(6, 1), loaders(3, 2)
+        whole = _batch_ids(one, epoch=2)
+        assert len(whole) == 4 and set().union(*whole) == set(range(24))  # every image once
+        assert [a | b for a, b in zip(_batch_ids(r0, 2), _batch_ids(r1, 2))] == whole
+        assert all(not a & b for a, b in zip(_batch_ids(r0, 2), _batch_ids(r1, 2)))  # disjoint shares
+        assert _batch_ids(one, epoch=2, start=1) == whole[1:]  # a resumed epoch: the same batches on
+        assert _batch_ids(one, epoch=3) != whole  # a new order each epoch

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, Subset
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler, Subset
 from torchvision import datasets
 
 from cnnbench.data.memory import Normalize
@@ -44,17 +44,18 @@ def collate_readable(samples):
 
 
 class FromBatch(Sampler):
-    """A batch sampler that starts its pass at batch `start` (a resumed epoch), without loading
-    the batches before it. Under torchrun every process draws the same global batches (world x
-    the per-process batch) and keeps its own slice of each, as the in-memory loader does."""
+    """This process's training batches, starting the pass at batch `start` (a resumed epoch)
+    without loading the batches before it. The order comes from a DistributedSampler: one
+    permutation per (seed, epoch), the same in every process, dealt out rank, rank + world, ...;
+    so a step's global batch is the same set of images whatever the number of processes."""
 
-    def __init__(self, batches: BatchSampler, rank: int = 0, world: int = 1):
-        self.batches, self.start = batches, 0
-        self.batch_size = batches.batch_size // world  # per process
-        self.mine = slice(rank * self.batch_size, (rank + 1) * self.batch_size)
+    def __init__(self, shard: DistributedSampler, batch_size: int):
+        self.shard, self.start = shard, 0
+        self.batches = BatchSampler(shard, batch_size, drop_last=True)
+        self.batch_size = batch_size  # per process
 
     def __iter__(self):
-        return (batch[self.mine] for batch in itertools.islice(iter(self.batches), self.start, None))
+        return itertools.islice(iter(self.batches), self.start, None)
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -74,7 +75,8 @@ class DeviceLoader:
         """The next pass is epoch `epoch`, from batch `start`. The shuffle order of epoch e depends
         only on (seed, e), as for the in-memory loader."""
         if self.train:
-            self.loader.generator.manual_seed(self.seed * 1_000_003 + epoch)
+            self.loader.batch_sampler.shard.set_epoch(epoch)
+            self.loader.generator.manual_seed(self.seed * 1_000_003 + epoch)  # the workers' seeds
             self.loader.batch_sampler.start = start
 
     def __len__(self) -> int:
@@ -137,11 +139,14 @@ def build_imagefolder(conf, device: torch.device, seed: int, image_size: int, ra
     workers = conf.num_workers
     common = dict(num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
                   collate_fn=collate_readable)
-    gen = torch.Generator().manual_seed(seed)  # the shuffle order and the workers' seeds
-    batches = FromBatch(BatchSampler(RandomSampler(train_set, generator=gen), conf.batch_size * world,
-                                     drop_last=True), rank, world)
-    train = DataLoader(train_set, batch_sampler=batches, generator=gen, **common)
-    # Under torchrun each process evaluates images rank, rank + world, ...: each once, by one process.
+    # The shuffle: epoch e's order is seeded with seed * 1_000_003 + e, as in the in-memory loader
+    # (DistributedSampler adds the epoch). drop_last: every process gets the same number of images.
+    shard = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
+                               seed=seed * 1_000_003, drop_last=True)
+    gen = torch.Generator().manual_seed(seed)  # the workers' seeds
+    train = DataLoader(train_set, batch_sampler=FromBatch(shard, conf.batch_size), generator=gen, **common)
+    # Under torchrun each process evaluates images rank, rank + world, ...: each once, by one process
+    # (not a DistributedSampler, which would pad the last round with repeated images).
     val_share = Subset(val_set, range(rank, len(val_set), world)) if world > 1 else val_set
     val = DataLoader(val_share, batch_size=conf.batch_size, shuffle=False, **common)
     if len(train) == 0:
