@@ -223,7 +223,7 @@ def preflight(overrides: List[str], multirun: bool) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from cnnbench import run
+    from cnnbench import run, track
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="train"):
@@ -250,7 +250,10 @@ def preflight(overrides: List[str], multirun: bool) -> None:
                 raise CnnbenchError(explain_config_error(e) + where) from None
     GlobalHydra.instance().clear()
     if not multirun:
-        run.check_run_dir(cfg, Path(_PLANNED["run_dir"]))
+        run_dir = Path(_PLANNED["run_dir"])
+        checkpoint = run.check_run_dir(cfg, run_dir)
+        if checkpoint is not None:  # train() reads it again: hand it over instead, if unchanged
+            track.keep_for_resume(run.Run(run_dir).last, checkpoint)
 
 
 class _JobExit(SystemExit):

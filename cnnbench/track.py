@@ -97,8 +97,10 @@ def load_checkpoint(path, model_name: str) -> Dict[str, Any]:
 
     from cnnbench.errors import CnnbenchError
 
+    key = _file_key(path)
+    handed = _LOADED.pop(key, None) if key else None  # the CLI's check read it; unchanged since
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = handed if handed is not None else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         refused, why = why_unloadable(e)
         raise CnnbenchError(f"Checkpoint {path} {'was refused' if refused else 'cannot be read'}: {why}. "
@@ -114,6 +116,29 @@ def load_checkpoint(path, model_name: str) -> Dict[str, Any]:
                             f"model={model_name}. Resume with model={state.get('model')} (and the run's other "
                             f"overrides), or start a new run in another hydra.run.dir.")
     return state
+
+
+# A resumed run's checkpoint is read twice in one process: by the CLI's check, before Hydra
+# touches the run folder, and by train(). The first read is kept for the second, once, if the
+# file has not changed in between (a large model's checkpoint takes a second or more to read).
+_LOADED: Dict[tuple, Dict[str, Any]] = {}
+
+
+def _file_key(path) -> Optional[tuple]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+
+
+def keep_for_resume(path, state: Dict[str, Any]) -> None:
+    """Hand this loaded checkpoint to the next load_checkpoint(path) in this process, if the file
+    is still the same then (one entry: a newer hand-over replaces it)."""
+    key = _file_key(path)
+    _LOADED.clear()
+    if key:
+        _LOADED[key] = state
 
 
 class TensorBoard:

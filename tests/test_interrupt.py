@@ -189,3 +189,27 @@ def test_out_of_memory_is_reported_with_the_batch_size(tmp_path, monkeypatch):
     with pytest.raises(run.RunFailed, match="ran out of memory at dataset.batch_size=16"):
         run.train(compose_cfg(*TINY), tmp_path / "run")
     assert read_results(tmp_path / "run")["status"] == "failed"
+
+
+def test_a_resumed_run_reads_its_checkpoint_once(tmp_path, monkeypatch):
+    """The CLI checks the checkpoint before Hydra touches the folder, and train() loads it: one
+    read of the file between them, and none handed over once the file has changed."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "outputs" / "run"
+    args = [*TINY, "trainer.progress=false", f"hydra.run.dir={run_dir}"]
+    assert cli.main(["train", *args, "trainer.epochs=1"]) == 0
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda path, *a, **k: reads.append(Path(path)) or real_load(path, *a, **k))
+    assert cli.main(["train", *args, "trainer.epochs=2", "trainer.resume=true"]) == 0
+    assert read_results(run_dir)["epochs"] == 2
+    assert reads.count(run_dir / "checkpoints" / "last.pt") == 1
+
+    last = run_dir / "checkpoints" / "last.pt"
+    state = track.load_checkpoint(last, "lenet5")
+    track.keep_for_resume(last, {**state, "global_step": -1})
+    os.utime(last, ns=(time.time_ns(), time.time_ns() + 10**9))  # the file changed since
+    assert track.load_checkpoint(last, "lenet5")["global_step"] == state["global_step"]
+    track.keep_for_resume(last, {**state, "global_step": -1})
+    assert track.load_checkpoint(last, "lenet5")["global_step"] == -1  # unchanged: handed over
+    assert track.load_checkpoint(last, "lenet5")["global_step"] == state["global_step"]  # once only
