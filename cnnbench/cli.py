@@ -223,7 +223,7 @@ def preflight(overrides: List[str], multirun: bool) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from cnnbench import run, track
+    from cnnbench import run
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="train"):
@@ -250,10 +250,7 @@ def preflight(overrides: List[str], multirun: bool) -> None:
                 raise CnnbenchError(explain_config_error(e) + where) from None
     GlobalHydra.instance().clear()
     if not multirun:
-        run_dir = Path(_PLANNED["run_dir"])
-        checkpoint = run.check_run_dir(cfg, run_dir)
-        if checkpoint is not None:  # train() reads it again: hand it over instead, if unchanged
-            track.keep_for_resume(run.Run(run_dir).last, checkpoint)
+        run.check_run_dir(cfg, Path(_PLANNED["run_dir"]), keep=True)  # train() takes the checkpoint read here
 
 
 class _JobExit(SystemExit):
@@ -509,7 +506,7 @@ def hydra_main(command: str, args: List[str]) -> int:
     import hydra
     from hydra._internal.utils import get_args_parser
 
-    from cnnbench import distributed
+    from cnnbench import distributed, track
     from cnnbench.config import register_configs
 
     register_configs()
@@ -564,6 +561,7 @@ def hydra_main(command: str, args: List[str]) -> int:
                      f"results.json; run the same sweep again to finish the rest.", 1)
     finally:
         sys.argv[0] = argv0
+        track.forget_kept()
         if rank_dir:
             shutil.rmtree(rank_dir, ignore_errors=True)
         distributed.finish()

@@ -231,7 +231,7 @@ def build_scheduler(optimizer, s, lr: float, epochs: int, steps_per_epoch: int):
     name = _value(s.name)
     # Plain numbers, read once: the factor runs every step for every parameter group, and each
     # read of a config node costs tens of microseconds (a third of a small model's CPU step).
-    s = SimpleNamespace(**OmegaConf.to_container(s)) if isinstance(s, DictConfig) else s
+    s = SimpleNamespace(**OmegaConf.to_container(s, resolve=True)) if isinstance(s, DictConfig) else s
     if name == "onecycle":
         # Smith & Topin 2018, as torch's OneCycleLR anneals it: half a cosine up from lr / div_factor
         # to lr over pct_start of the run, half a cosine down to lr / (div_factor * 1e4). Written
@@ -337,18 +337,19 @@ class Run:
         return self.dir / "checkpoints" / "best.pt"
 
 
-def check_run_dir(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]]:
+def check_run_dir(cfg: DictConfig, run_dir: Path, keep: bool = False) -> Optional[Dict[str, Any]]:
     """Refuse to start a fresh run over an existing one, to resume nothing, or to resume from a
     checkpoint that is unreadable, of another model or of another config. The CLI calls it before
-    Hydra writes into the folder, so a refusal leaves the earlier run as it was. Returns the
-    checkpoint when resuming."""
+    Hydra writes into the folder, so a refusal leaves the earlier run as it was (keep: hand the
+    checkpoint read to train()'s call, see track.load_checkpoint). Returns the checkpoint when
+    resuming."""
     run = Run(run_dir)
     if cfg.trainer.resume:
         if not run.last.is_file():
             raise CnnbenchError(
                 f"trainer.resume=true but {run.last} does not exist. Resume names the run directory "
                 f"of an earlier run: cnnbench train ... hydra.run.dir=<that directory> trainer.resume=true.")
-        state = track.load_checkpoint(run.last, cfg.model.name)
+        state = track.load_checkpoint(run.last, cfg.model.name, keep=keep)
         changed = [k for k in _config_differences(state.get("config") or {}, _config_dict(cfg))
                    if k not in _RESUMABLE_CHANGES]
         if changed:

@@ -90,15 +90,18 @@ def why_unloadable(e: Exception) -> tuple:
     return False, f"it is truncated, corrupt or not a file torch.save wrote ({error})"
 
 
-def load_checkpoint(path, model_name: str) -> Dict[str, Any]:
+def load_checkpoint(path, model_name: str, keep: bool = False) -> Dict[str, Any]:
     """Load a checkpoint written by save_checkpoint, refusing anything else. Tensors and plain
-    containers only (`weights_only=True`): a file cannot run code in cnnbench."""
+    containers only (`weights_only=True`): a file cannot run code in cnnbench. keep: hand this
+    state to the next load of the same, unchanged file in this process instead of reading it
+    again (the CLI's check before a resume; train() loads next)."""
     import torch
 
     from cnnbench.errors import CnnbenchError
 
-    key = _file_key(path)
-    handed = _LOADED.pop(key, None) if key else None  # the CLI's check read it; unchanged since
+    key = _file_key(path)  # taken before reading: a file replaced meanwhile is not the one kept
+    handed = _KEPT.pop(key, None) if key else None
+    forget_kept()  # a hand-over is for the very next load only
     try:
         state = handed if handed is not None else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -115,30 +118,29 @@ def load_checkpoint(path, model_name: str) -> Dict[str, Any]:
         raise CnnbenchError(f"Checkpoint {path} holds a {state.get('model')!r} model, but this run is "
                             f"model={model_name}. Resume with model={state.get('model')} (and the run's other "
                             f"overrides), or start a new run in another hydra.run.dir.")
+    if keep and key is not None and _file_key(path) == key:
+        _KEPT[key] = state
     return state
 
 
 # A resumed run's checkpoint is read twice in one process: by the CLI's check, before Hydra
-# touches the run folder, and by train(). The first read is kept for the second, once, if the
-# file has not changed in between (a large model's checkpoint takes a second or more to read).
-_LOADED: Dict[tuple, Dict[str, Any]] = {}
+# touches the run folder, and by train(). The first read is handed to the second if the file is
+# still the same one, unchanged (a large model's checkpoint takes a second or more to read).
+_KEPT: Dict[tuple, Dict[str, Any]] = {}
 
 
 def _file_key(path) -> Optional[tuple]:
+    """What identifies a file's contents without reading them: its path, inode, size and times."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+    return (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def keep_for_resume(path, state: Dict[str, Any]) -> None:
-    """Hand this loaded checkpoint to the next load_checkpoint(path) in this process, if the file
-    is still the same then (one entry: a newer hand-over replaces it)."""
-    key = _file_key(path)
-    _LOADED.clear()
-    if key:
-        _LOADED[key] = state
+def forget_kept() -> None:
+    """Drop a kept checkpoint that no load took (a command that ended before train() loaded it)."""
+    _KEPT.clear()
 
 
 class TensorBoard:

@@ -70,6 +70,8 @@ def test_schedules():
     assert step[19] == 0.1 and math.isclose(step[20], 0.01)
     assert set(lrs(["scheduler=none"])) == {0.1}
     assert len(lrs(["scheduler=onecycle"], epochs=1, steps=1)) == 1  # a 1-step run works
+    # a setting that names another (Hydra interpolation) means its value
+    assert lrs(["scheduler=step", "scheduler.step_epochs=${trainer.epochs}", "trainer.epochs=2"]) == step
 
 
 def test_image_size_defaults_to_native_raised_to_the_model_minimum():

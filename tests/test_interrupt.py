@@ -206,10 +206,10 @@ def test_a_resumed_run_reads_its_checkpoint_once(tmp_path, monkeypatch):
     assert reads.count(run_dir / "checkpoints" / "last.pt") == 1
 
     last = run_dir / "checkpoints" / "last.pt"
-    state = track.load_checkpoint(last, "lenet5")
-    track.keep_for_resume(last, {**state, "global_step": -1})
-    os.utime(last, ns=(time.time_ns(), time.time_ns() + 10**9))  # the file changed since
-    assert track.load_checkpoint(last, "lenet5")["global_step"] == state["global_step"]
-    track.keep_for_resume(last, {**state, "global_step": -1})
-    assert track.load_checkpoint(last, "lenet5")["global_step"] == -1  # unchanged: handed over
-    assert track.load_checkpoint(last, "lenet5")["global_step"] == state["global_step"]  # once only
+    reads.clear()
+    state = track.load_checkpoint(last, "lenet5", keep=True)
+    assert track.load_checkpoint(last, "lenet5") is state and len(reads) == 1  # handed over
+    assert track.load_checkpoint(last, "lenet5") is not state and len(reads) == 2  # once only
+    track.load_checkpoint(last, "lenet5", keep=True)
+    track.save_checkpoint(last, {**state, "global_step": -1})  # replaced since
+    assert track.load_checkpoint(last, "lenet5")["global_step"] == -1 and len(reads) == 4
