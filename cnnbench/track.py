@@ -125,7 +125,8 @@ def load_checkpoint(path, model_name: str, keep: bool = False) -> Dict[str, Any]
 
 # A resumed run's checkpoint is read twice in one process: by the CLI's check, before Hydra
 # touches the run folder, and by train(). The first read is handed to the second if the file is
-# still the same one, unchanged (a large model's checkpoint takes a second or more to read).
+# still the same one, unchanged (ResNet-50's 195 MiB took 0.25 s from the page cache; VGG-16's
+# weights and momentum are 1.1 GB).
 _KEPT: Dict[tuple, Dict[str, Any]] = {}
 
 
