@@ -7,9 +7,11 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from cnnbench import run, track
+from cnnbench.models import create_model
 from conftest import TINY, compose_cfg, read_results
 
 
@@ -51,6 +53,18 @@ def test_compile_reports_its_first_step_apart(tmp_path, monkeypatch):
     assert r["compile_s"] > 0 and r["compile_s"] < r["wall_time_s"]
     state = track.load_checkpoint(tmp_path / "compiled" / "checkpoints" / "last.pt", "lenet5")
     assert not any(k.startswith("_orig_mod") for k in state["weights"])  # the plain module's keys
+
+
+@pytest.mark.parametrize("name", ["googlenet", "densenet121", "mobilenet_v2", "resnet18"])
+def test_compile_traces_each_family_whole(name):
+    """trainer.compile: one graph per model, no graph breaks (each break is a return to Python
+    between compiled pieces, a cost that would blur what the architecture itself costs). The
+    families whose forward has the most Python in it: auxiliary heads in training mode, dense
+    concatenations, conditional residuals, the ResNet family's blocks. Tracing only, no compiling."""
+    model = create_model(name, num_classes=10, in_channels=3).train()
+    torch._dynamo.reset()
+    traced = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))
+    assert traced.graph_break_count == 0 and traced.graph_count == 1, traced.break_reasons
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
