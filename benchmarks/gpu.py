@@ -47,6 +47,7 @@ from cnnbench.engine import sync_device  # noqa: E402
 from cnnbench.models import create_model  # noqa: E402
 
 WARMUP = 10  # steps left out of each timing (compilation, cuDNN autotuning, allocator); cnnbench's too
+TARGETS = ("resnet50", "lenet5", "resnet18")  # in the order they run
 QUIET = ["trainer.progress=false", "trainer.checkpoint=false", "trainer.log_filters=false"]
 # --smoke: toy sizes, no compiling; plumbing only (tests/test_benchmarks.py runs it on the CPU)
 SMOKE_DATA = ["dataset=synthetic", "dataset.in_channels=1", "dataset.mean=[0.5]", "dataset.std=[0.25]",
@@ -152,7 +153,7 @@ def resnet18_target(epochs: int, smoke: bool, device: torch.device):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="resnet50,lenet5,resnet18")
+    p.add_argument("--only", default=",".join(TARGETS))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--resnet18-epochs", default="16", help="epochs, or a comma-separated list: one run each")
     p.add_argument("--smoke", action="store_true", help="toy sizes on whatever device there is; judges nothing")
@@ -161,9 +162,9 @@ def main():
         budgets = [int(e) for e in a.resnet18_epochs.split(",")]
     except ValueError:
         p.error(f"--resnet18-epochs {a.resnet18_epochs}: give whole numbers of epochs, e.g. 16 or 12,16,24")
-    unknown = set(a.only.split(",")) - {"resnet50", "lenet5", "resnet18"}
+    unknown = set(a.only.split(",")) - set(TARGETS)
     if unknown:
-        p.error(f"--only {a.only}: no target {', '.join(sorted(unknown))}; the targets are resnet50, lenet5, resnet18")
+        p.error(f"--only {a.only}: no target {', '.join(sorted(unknown))}; the targets are {', '.join(TARGETS)}")
     cuda = torch.cuda.is_available()
     if not cuda and not a.smoke:
         print("No CUDA GPU here: the GPU targets cannot be measured. Running the CPU part "
