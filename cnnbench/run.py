@@ -560,7 +560,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             track.write_results(run.results, results)
 
     if main:
-        check_writable(run.dir, _checkpoint_bytes(model, optimizer) if t.checkpoint else 0)
+        check_writable(run.dir, *(_checkpoint_bytes(model, optimizer) if t.checkpoint else (0, 0)))
     record()
     tb = track.TensorBoard(run.dir, purge_step=global_step + 1 if t.resume else None) if main else track.NoBoard()
     if t.log_filters and not t.resume:
@@ -753,18 +753,21 @@ class _StopRequest:
         return False
 
 
-def _checkpoint_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """About what last.pt will take: the weights and buffers, plus the optimizer's state (momentum
-    buffers, Adam's two moments: up to two tensors per parameter)."""
+def _checkpoint_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
+    """About what (last.pt, best.pt) will take in bytes: best.pt holds the weights and buffers;
+    last.pt those plus the optimizer's state (momentum buffers, Adam's two moments: up to two
+    tensors per parameter)."""
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     slots = {"SGD": 1, "RMSprop": 2, "Adagrad": 1}.get(type(optimizer).__name__, 2)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
-    return weights + slots * params
+    return weights + slots * params, weights
 
 
-def check_writable(run_dir: Path, checkpoint_bytes: int) -> None:
+def check_writable(run_dir: Path, last_bytes: int = 0, best_bytes: int = 0) -> None:
     """Before the first step: the run directory takes a small write, and its disk has room for
-    last.pt, the temporary copy made while replacing it, and best.pt."""
+    what the checkpoints will hold at their largest: last.pt, the temporary copy written beside it
+    while it is replaced, and best.pt. Checkpoints already there (a resumed run) are counted as
+    written."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         track.atomic_write_text(run_dir / ".cnnbench-write-test", "ok\n")
@@ -772,12 +775,13 @@ def check_writable(run_dir: Path, checkpoint_bytes: int) -> None:
     except OSError as e:
         raise CnnbenchError(f"Cannot write to the run directory {run_dir}: {e.strerror or e}. Choose a "
                             f"writable place with hydra.run.dir=... (hydra.sweep.dir=... in a sweep).") from None
-    need = 3 * checkpoint_bytes
+    on_disk = sum(p.stat().st_size for p in (run_dir / "checkpoints").glob("*.pt") if p.is_file())
+    need = max(2 * last_bytes + best_bytes - on_disk, last_bytes)
     free = shutil.disk_usage(run_dir).free
     if free < need:
         raise CnnbenchError(
             f"The disk holding {run_dir} has {free / 2**20:,.0f} MiB free, but this run's checkpoints need "
-            f"about {need / 2**20:,.0f} MiB (last.pt, its temporary copy while it is replaced, best.pt). "
+            f"about {need / 2**20:,.0f} MiB more (last.pt, its temporary copy while it is replaced, best.pt). "
             f"Free some space, write elsewhere with hydra.run.dir=..., or set trainer.checkpoint=false.")
 
 

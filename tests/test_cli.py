@@ -18,7 +18,7 @@ def test_models_lists_the_zoo_with_counts(tmp_path):
 def test_compare_two_runs(tmp_path, tiny_run):
     other = tmp_path / "outputs" / "other"
     r = cnnbench("train", *TINY, "model=resnet18", "model.stem=small", "dataset.image_size=8",
-                 "optimizer=adam", f"hydra.run.dir={other}", cwd=tmp_path)
+                 "optimizer=adam", "trainer.checkpoint=false", f"hydra.run.dir={other}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     # tiny_run lives elsewhere: compare both folders, write the tables to a third
     out = tmp_path / "report"

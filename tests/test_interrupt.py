@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from cnnbench import cli, engine, run, track
+from cnnbench.models import create_model
 from conftest import TINY, cnnbench, compose_cfg, read_results
 
 # 3 epochs of 30 steps, a checkpoint after every step, augmentation on (the data order and the
@@ -176,6 +177,34 @@ def test_a_full_disk_is_found_before_training(tmp_path, monkeypatch):
         run.train(compose_cfg(*TINY), tmp_path / "run")
     assert not (tmp_path / "run" / "results.json").exists()
     assert cli.main(["train", *TINY, "hydra.run.dir=/proc/version/run"]) == 2  # not a directory
+
+
+def test_the_disk_check_counts_the_checkpoints_at_their_largest(tmp_path, monkeypatch):
+    # ResNet-18 with Adam: best.pt holds the weights, last.pt the weights and both moments
+    model = create_model("resnet18")
+    last, best = run._checkpoint_bytes(model, torch.optim.Adam(model.parameters()))
+    params = sum(p.numel() for p in model.parameters()) * 4
+    assert best > params and last == best + 2 * params
+    assert run._checkpoint_bytes(model, torch.optim.SGD(model.parameters(), lr=0.1))[0] == best + params
+
+    def free(n):
+        monkeypatch.setattr(run.shutil, "disk_usage", lambda path: shutil_usage(total=2**40, used=0, free=n))
+
+    free(2 * last + best)
+    run.check_writable(tmp_path / "run", last, best)
+    free(2 * last + best - 1)
+    with pytest.raises(run.CnnbenchError, match=f"need about {(2 * last + best) / 2**20:,.0f} MiB more"):
+        run.check_writable(tmp_path / "run", last, best)
+    # a resumed run: the checkpoints already written take no more room; the temporary copy still does
+    ckpt = tmp_path / "run" / "checkpoints"
+    ckpt.mkdir()
+    (ckpt / "last.pt").write_bytes(b"x" * 1000)
+    free(2 * last + best - 1000)
+    run.check_writable(tmp_path / "run", last, best)
+    (ckpt / "best.pt").write_bytes(b"x" * (2 * last))
+    free(last - 1)
+    with pytest.raises(run.CnnbenchError, match="MiB free"):
+        run.check_writable(tmp_path / "run", last, best)
 
 
 def test_out_of_memory_is_reported_with_the_batch_size(tmp_path, monkeypatch):

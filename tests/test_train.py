@@ -124,7 +124,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
                                          "dataset.image_size=8"]])
 def test_train_other_models_and_optimizers(tmp_path, model_args):
     run_dir = tmp_path / "run"
-    r = cnnbench("train", *TINY, *model_args, "optimizer=adamw", "scheduler=cosine",
+    r = cnnbench("train", *TINY, *model_args, "optimizer=adamw", "scheduler=cosine", "trainer.checkpoint=false",
                  f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     res = read_results(run_dir)

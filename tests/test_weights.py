@@ -79,7 +79,7 @@ def test_train_from_weights_with_frozen_backbone_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
     tiny = [a for a in TINY if not a.startswith("dataset.in_channels") and "mean" not in a and "std" not in a]
     r = cnnbench("train", *tiny, "model=resnet18", "model.stem=imagenet", f"model.weights={tmp_path / 'w.pth'}",
-                 "model.freeze=backbone", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+                 "model.freeze=backbone", "trainer.checkpoint=false", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     res = read_results(run_dir)
     assert res["params"] == 11_181_642 and res["trainable_params"] == 512 * 10 + 10
