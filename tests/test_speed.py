@@ -45,8 +45,8 @@ def test_fp16_trains_with_a_gradient_scaler_that_the_checkpoint_keeps(tmp_path, 
 def test_compile_reports_its_first_step_apart(tmp_path):
     if shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None:
         raise AssertionError("torch.compile on the CPU needs a C++ compiler (apt-get install g++)")
-    # A process of its own, so that all Inductor writes (a 150 MB precompiled header among them) go
-    # below the test's folder and is removed with it
+    # A process of its own, so that what Inductor writes goes below the test's folder and is removed
+    # with it: a 150 MB precompiled header among it (kept: the test takes 37 s with it, 48 s without)
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     p = cnnbench("train", *TINY, "trainer=fast", "trainer.device=cpu", "trainer.epochs=1",
