@@ -40,7 +40,6 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
 from cnnbench import measure, run  # noqa: E402
 from cnnbench.cli import compose_config  # noqa: E402
 from cnnbench.engine import sync_device  # noqa: E402

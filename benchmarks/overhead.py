@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
 from cnnbench import run  # noqa: E402
 from cnnbench.cli import compose_config  # noqa: E402
 from cnnbench.data import build_data  # noqa: E402

@@ -560,7 +560,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             track.write_results(run.results, results)
 
     if main:
-        check_writable(run.dir, *(_checkpoint_bytes(model, optimizer) if t.checkpoint else (0, 0)))
+        check_writable(run.dir, *(_checkpoint_bytes(model, optimizer) if t.checkpoint else ()))
     record()
     tb = track.TensorBoard(run.dir, purge_step=global_step + 1 if t.resume else None) if main else track.NoBoard()
     if t.log_filters and not t.resume:
