@@ -28,7 +28,7 @@ class OnNan(Choice):
 
 
 class Amp(Choice):
-    auto = "auto"  # bf16 on a GPU that has it, else off
+    auto = "auto"  # bf16 on a GPU with bf16 tensor cores (Ampere and later), else off
     off = "off"  # float32 throughout
     bf16 = "bf16"  # autocast to bfloat16, no loss scaling needed
     fp16 = "fp16"  # autocast to float16 with a gradient scaler
@@ -145,7 +145,7 @@ class SchedulerConf:
 class TrainerConf:
     epochs: int = 5  # passes over the training set
     device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
-    amp: Amp = Amp.auto  # mixed precision: auto (bf16 on GPUs that support it, else off) | off | bf16 | fp16
+    amp: Amp = Amp.auto  # mixed precision: auto (bf16 on Ampere and later GPUs, else off) | off | bf16 | fp16
     channels_last: Optional[bool] = None  # NHWC memory format for conv nets; null = on for CUDA, off on CPU
     compile: bool = False  # torch.compile the model (its first step's compile time is reported apart)
     sync_bn: bool = False  # torchrun: BatchNorm statistics over the global batch (CUDA)

@@ -124,6 +124,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
     data_wait = 0.0  # host seconds spent waiting for the next batch
     first_step = None  # seconds of this call's first step (with torch.compile: mostly compiling)
     batches = iter(loader)  # the caller has set the loader's epoch and start batch
+    sync_device(step.device)  # work queued before the epoch (data drawn on the GPU) is not its time
     t0 = t_warm = time.perf_counter()
     while state.step < n_steps:
         t_fetch = time.perf_counter()

@@ -176,7 +176,9 @@ PEAK_TFLOPS = {
 
 def _peak_key(device: torch.device) -> Optional[str]:
     name = torch.cuda.get_device_name(device)  # e.g. "NVIDIA H100 80GB HBM3" (SXM), "NVIDIA H100 PCIe"
-    if "NVL" in name:  # H100 NVL / H200 NVL: other clocks and power, not in the table
+    # H100 NVL / H200 NVL: other clocks and power, not in the table. A MIG slice ("... MIG 3g.40gb")
+    # has a fraction of the GPU's cores: the whole GPU's peak would understate its mfu.
+    if "NVL" in name or "MIG" in name:
         return None
     if "H200" in name:
         return "H200"
@@ -197,7 +199,10 @@ def mfu_note(device: torch.device, amp: str) -> str:
         return "no mfu on the CPU: cnnbench keeps peak FLOP/s for NVIDIA data-centre GPUs only"
     key = _peak_key(device)
     if key is None:
-        return f"no peak FLOP/s known for {torch.cuda.get_device_name(device)} (measure.PEAK_TFLOPS)"
+        name = torch.cuda.get_device_name(device)
+        if "MIG" in name:
+            return f"no mfu on {name}: a MIG slice has a fraction of the GPU's peak FLOP/s"
+        return f"no peak FLOP/s known for {name} (measure.PEAK_TFLOPS)"
     return f"against {PEAK_TFLOPS[key][_precision(amp)]} TFLOP/s, {key} dense {_precision(amp)} (datasheet)"
 
 

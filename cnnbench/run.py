@@ -293,25 +293,29 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # CPU and every CUDA device
 
 
-def _rng_state() -> dict:
+def _rng_state(device: torch.device) -> dict:
     """Every generator's state, as tensors and plain values (a weights_only checkpoint holds no
-    NumPy objects)."""
+    NumPy objects). Of the GPUs, only the training device's: a resume may see other GPUs (one
+    torchrun process of a 4-GPU run goes on on 1 GPU; another CUDA_VISIBLE_DEVICES)."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                    "has_gauss": int(has_gauss), "gauss": float(gauss)}
     state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate(state["python"])
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):  # older checkpoints: every visible GPU's, in order
+        cuda = cuda[device.index or 0] if device.type == "cuda" and (device.index or 0) < len(cuda) else None
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,8 +495,10 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     act_bytes = measure.activation_bytes(build, input_shape)
 
     # Speed: each setting resolved here and recorded in results.json.
-    amp = _value(t.amp) if _value(t.amp) != "auto" else ("bf16" if device.type == "cuda" and
-                                                          torch.cuda.is_bf16_supported() else "off")
+    # auto: bf16 on GPUs with bf16 tensor cores (Ampere, compute capability 8.0, and later). Not
+    # torch.cuda.is_bf16_supported(): it also says yes where bf16 is only emulated (V100, T4), slowly.
+    amp = _value(t.amp) if _value(t.amp) != "auto" else (
+        "bf16" if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0) else "off")
     channels_last = t.channels_last if t.channels_last is not None else device.type == "cuda"
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     if t.sync_bn and world.active:
@@ -531,6 +537,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "compile_s": None, "data_wait_s": None, "compute_s": None, "mfu": None,
         "mfu_note": measure.mfu_note(device, amp),
         "train_images": data.train_size, "val_images": data.val_size, "data_source": data.source,
+        "data_bytes": data.bytes,  # in-memory datasets: held on the device, so part of peak_memory_bytes
         "epochs": 0, "top1_err": None, "top5_err": None, "loss": None,
         "best_top1_err": None, "best_epoch": None, "wall_time_s": 0.0, "history": [],
         "env": measure.environment(device),
@@ -542,7 +549,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
-        _set_rng_state(checkpoint["rng"])
+        _set_rng_state(checkpoint["rng"], device)
         start_epoch, global_step = checkpoint["epoch"], checkpoint["global_step"]
         if checkpoint.get("epoch_state"):  # saved inside an epoch: go on from that batch
             resumed_epoch = engine.EpochState(**checkpoint["epoch_state"])
@@ -581,7 +588,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         track.save_checkpoint(run.last, {
             "model": m.name, "weights": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "epoch": epochs_done, "epoch_state": epoch_state, "global_step": step, "rng": _rng_state(),
+            "epoch": epochs_done, "epoch_state": epoch_state, "global_step": step, "rng": _rng_state(device),
             "results": {k: results[k] for k in _RESUMED_KEYS}, "config": results["config"]})
         last_saved = f"{run.last} (epoch {epochs_done}, step {step})"
 
@@ -865,7 +872,9 @@ def profile(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     log.info(f"Profiling {m.name} at {'x'.join(map(str, input_shape))} on {device}: {params:,} parameters, "
              f"{gmacs(macs)} GMACs/image")
     rows = [measure.speed(model, input_shape, b, device, p.warmup, p.repeats, p.train_step) for b in p.batch_sizes]
-    peak = measure.peak_memory(device)  # before find_max_batch's probes, which fill the device on purpose
+    peak, kind = measure.peak_memory(device)  # before find_max_batch's probes, which fill the device on purpose
+    # CUDA: speed() starts the count afresh for each batch size, so the profile's peak is the largest of theirs
+    peak = max([peak] + [row["peak_memory_bytes"] for row in rows if row["peak_memory_bytes"]])
     result = {
         "format": "cnnbench.profile", "format_version": 1, "model": m.name,
         "input_shape": list(input_shape), "num_classes": num_classes, "device": str(device),
@@ -882,7 +891,7 @@ def profile(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "pid": os.getpid(),  # the process that measured: in a sweep, each job has its own
         "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
     }
-    result["peak_memory_bytes"], result["peak_memory_kind"] = peak
+    result["peak_memory_bytes"], result["peak_memory_kind"] = peak, kind
     if p.find_max_batch and device.type != "cuda":
         log.info("profile.find_max_batch needs CUDA: a CPU's limit is the machine's memory, not a device's.")
     run_dir = Path(run_dir)

@@ -131,6 +131,7 @@ def test_imagefolder_reads_class_folders(tmp_path):
                         mean=[0, 0, 0], std=[1, 1, 1], batch_size=4)
     train, val, info = build_data(conf, torch.device("cpu"), 0, 16)
     assert info.num_classes == 2 and info.train_size == 8 and info.val_size == 4
+    assert info.bytes == 0  # read from disk a batch at a time: nothing held on the device
     x, y = next(iter(val))
     assert x.shape == (4, 3, 16, 16)
     red = x[:, 0].mean((1, 2)) > 0.9  # class 0 = cat = red, read back through decode and crop

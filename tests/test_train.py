@@ -25,7 +25,8 @@ def test_results_json_has_every_field_with_sane_values(tiny_run):
     assert r["param_bytes"] == 4 * 61_706
     # Saved for backward per image includes at least the input and C1's output (fp32).
     assert 4 * (32 * 32 + 6 * 28 * 28) <= r["activation_bytes"] < 100_000
-    assert r["peak_memory_bytes"] > 0 and r["peak_memory_kind"] == "process_peak_rss"
+    assert r["peak_memory_bytes"] > r["data_bytes"] and r["peak_memory_kind"] == "process_peak_rss"
+    assert r["data_bytes"] == (64 + 32) * (32 * 32 + 8)  # uint8 images of 32x32, int64 labels
     assert r["train_images_per_s"] > 0
     assert r["epochs"] == 2 and len(r["history"]) == 2
     for key in ("top1_err", "top5_err", "best_top1_err"):

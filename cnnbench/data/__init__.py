@@ -25,6 +25,7 @@ class DataInfo:
     train_size: int  # images in the training split used
     val_size: int  # images in the validation split used
     source: str  # where the files were read from ("generated" for synthetic)
+    bytes: int = 0  # the uint8 images and labels held on the training device (in-memory datasets)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,5 +204,6 @@ def build_data(conf, device: torch.device, seed: int, image_size: int, rank: int
         raise CnnbenchError(f"The training split has {len(x_tr)} images, fewer than one batch of "
                             f"dataset.batch_size={conf.batch_size}{each}. Lower the batch size or use more data.")
     n_classes = int(y_tr.max()) + 1 if conf.num_classes is None else conf.num_classes
+    held = sum(t.numel() * t.element_size() for t in (x_tr, y_tr, x_va, y_va))
     return train, val, DataInfo(n_classes, conf.in_channels, image_size, train.num_samples,
-                                len(x_va), source)
+                                len(x_va), source, held)
