@@ -80,10 +80,16 @@ def explain_config_error(exc: BaseException) -> str:
         if group == "experiment":
             return (f"Unknown experiment {name!r}. Known: {', '.join(group_options(group))}. "
                     f"Choose one with +experiment=NAME (the files are in conf/experiment/).")
-        return f"{exc}. Check the name after +experiment= or the group."
+        if exc.options:  # another group, Hydra's own (hydra/launcher, say)
+            return f"Unknown {group} {name!r}. Known: {', '.join(exc.options)}. Choose one with {group}=NAME."
+        return (f"There is no config group {group!r} (from {exc.missing_cfg_file}). The groups are "
+                f"{', '.join(GROUPS)} and +experiment; `cnnbench train --help` lists their options.")
     if isinstance(exc, OverrideParseException):
         return f"Cannot read the command line: {exc}. Overrides look like key=value, e.g. optimizer.lr=0.1."
     key = getattr(cause, "full_key", None) or ""
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key.startswith("hydra."):
+        return (f"{key} is not a Hydra setting. `cnnbench train --cfg hydra` prints them all (hydra.run.dir, "
+                f"hydra.sweep.dir, hydra.launcher.*, ...).")
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key:
         section, _, leaf = key.rpartition(".")
         from cnnbench.config import Config
@@ -101,7 +107,8 @@ def explain_config_error(exc: BaseException) -> str:
                 f"(`cnnbench train --cfg job` shows the defaults).")
     if isinstance(cause, MissingMandatoryValue) and key:
         return f"{key} must be set: it has no default for this choice. Add {key}=... to the command line."
-    return f"{exc}".strip().replace("\n", " ")
+    return (f"{' '.join(str(exc).split()) or type(exc).__name__}. Overrides look like group=option or "
+            f"key=value (model=resnet18, optimizer.lr=0.1); `cnnbench train --help` lists them.")
 
 
 def _expand_sweeps(overrides: List[str]) -> List[List[str]]:
@@ -185,11 +192,25 @@ def plan_jobs(overrides: List[str], multirun: bool) -> tuple:
 
     _PLANNED.pop("config", None)
     parsed = OverridesParser.create().parse_overrides(overrides)
+    for o in parsed:
+        if o.is_sweep_override() and next(iter(o.sweep_string_iterator()), None) is None:
+            raise CnnbenchError(f"{o.input_line} gives {o.get_key_element()} no value at all, so the sweep would have "
+                                f"no jobs. Give it at least one, e.g. {o.get_key_element()}=range(0,3).")
     first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
              else o.input_line for o in parsed]  # one job's worth, to read the hydra node
     primary = compose("config", overrides=first, return_hydra_config=True)
     multirun = multirun or primary.hydra.mode == RunMode.MULTIRUN
+    for key, value in (("hydra.run.dir", primary.hydra.run.dir), ("hydra.sweep.dir", primary.hydra.sweep.dir)):
+        if not str(value).strip():
+            raise CnnbenchError(f"{key} is empty (an unset shell variable?), which would write the run into the "
+                                f"current folder. Give a folder, e.g. {key}=outputs/mine, or leave {key} out for "
+                                f"the default.")
     _PLANNED["run_dir"] = str(primary.hydra.run.dir)  # resolved now: torchrun's ranks share rank 0's
+    run_dir = Path(_PLANNED["run_dir"])
+    _PLANNED["had"] = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else None  # the user's folder
+    _PLANNED["sweep_dir"] = str(primary.hydra.sweep.dir)
+    subdir = OmegaConf.to_container(primary.hydra.sweep, resolve=False).get("subdir")
+    _PLANNED["subdir_is_ours"] = "cnnbench_sweep_subdir" in str(subdir)  # else jobs' folders are the user's call
     _PLANNED["existing_ancestor"] = _nearest_existing(Path(_PLANNED["run_dir"]))  # a refused run cleans up to here
     _PLANNED["on_cluster"] = "slurm" in str(primary.hydra.launcher.get("_target_", "")).lower()
     if _PLANNED["on_cluster"] and not shutil.which("sbatch"):
@@ -215,11 +236,62 @@ def plan_jobs(overrides: List[str], multirun: bool) -> tuple:
     return _expand_sweeps(swept), True
 
 
+_held: list = []  # the lock file of the run directory this process trains in, open until it exits
+
+
+def _hold(run_dir: Path) -> None:
+    """Claim run_dir for this process, so that a second `cnnbench train` into the same folder,
+    started before the first has written anything there, is refused rather than interleaved. The
+    lock file lives in the temporary folder, named after the folder's path: nothing is added to
+    run_dir, and the lock goes with the process however it ends. (One machine: two machines
+    sharing a file system are not covered.)"""
+    import fcntl
+    import hashlib
+
+    from cnnbench import distributed
+
+    if not distributed.world().main:  # torchrun: rank 0 holds it for the run
+        return
+    key = hashlib.sha1(str(run_dir.absolute()).encode()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir(), "cnnbench-locks")
+    folder.mkdir(exist_ok=True)
+    f = open(folder / f"{key}.lock", "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise CnnbenchError(f"Another cnnbench process is training in {run_dir} right now. Wait for it, or "
+                            f"choose another hydra.run.dir.") from None
+    _held.append(f)
+
+
+def _release() -> None:
+    while _held:
+        _held.pop().close()
+
+
+def _check_job_dir(cfg, job_dir: Path) -> None:
+    """Refuse a sweep job whose folder holds a run it would have to overwrite: one of another
+    config, an unreadable record, a checkpoint trainer.resume cannot use, or a completed run with
+    trainer.skip_completed=false."""
+    from cnnbench import run
+
+    if cfg.trainer.resume:
+        run.check_run_dir(cfg, job_dir)
+        return
+    before = run.earlier_record(cfg, job_dir)
+    if before and before["status"] == "completed" and cfg.trainer.skip_completed is False:
+        raise CnnbenchError(f"{job_dir} already holds a run, completed, and trainer.skip_completed=false says not "
+                            f"to skip it; cnnbench will not overwrite it either. Leave trainer.skip_completed out "
+                            f"to skip completed jobs, or run the sweep in a new folder.")
+
+
 def preflight(overrides: List[str], multirun: bool) -> None:
     """Compose and validate every job before Hydra creates any directory, so bad input leaves
     nothing behind and touches no earlier run. In a sweep, a job that composes but fails
     validation (an image size one model cannot take, say) is announced here, recorded as failed
-    when its turn comes, and the others run; a name or key that does not exist stops the sweep."""
+    when its turn comes, and the others run; a name or key that does not exist, or a job folder
+    that holds a run of another config, stops the sweep."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -248,9 +320,19 @@ def preflight(overrides: List[str], multirun: bool) -> None:
                     raise
                 where = f" (sweep job {_sweep_subdir(job)})" if multirun else ""
                 raise CnnbenchError(explain_config_error(e) + where) from None
+            if multirun and _COMMAND["name"] == "train" and _PLANNED["subdir_is_ours"]:
+                # A job folder whose run this job may not take up stops the sweep here, before Hydra
+                # rewrites any job's .hydra/ or the sweep's multirun.yaml.
+                _check_job_dir(cfg, Path(_PLANNED["sweep_dir"], _sweep_subdir(job)))
     GlobalHydra.instance().clear()
-    if not multirun:
-        run.check_run_dir(cfg, Path(_PLANNED["run_dir"]), keep=True)  # train() takes the checkpoint read here
+    run_dir = Path(_PLANNED["run_dir"])
+    if not multirun and _COMMAND["name"] == "train":
+        _hold(run_dir)
+        run.check_run_dir(cfg, run_dir, keep=True)  # train() takes the checkpoint read here
+    elif not multirun and any((run_dir / name).exists() for name in ("profile.json", "results.json")):
+        raise CnnbenchError(f"{run_dir} already holds a {'profile' if (run_dir / 'profile.json').exists() else 'run'}; "
+                            f"cnnbench will not write a profile into it. Choose another hydra.run.dir, or leave it "
+                            f"out (profiles go to outputs/profiles/).")
 
 
 class _JobExit(SystemExit):
@@ -360,9 +442,12 @@ def _task(cfg) -> Optional[dict]:
     except Exception as e:
         if _debug():
             raise
-        record = " The run's record (status failed) is in " + str(run_dir) + "." if command == "train" else ""
-        message = (f"{command} failed: {type(e).__name__}: {e}.{record} Run again with CNNBENCH_DEBUG=1 "
-                   f"for the traceback.")
+        message = f"{command} failed: {type(e).__name__}: {e}."
+        if sweeping and command == "train":  # failed before train() wrote a record: compare still lists it
+            run.record_failure(cfg, run_dir, message)
+        if (run_dir / "results.json").is_file() and command == "train":
+            message += f" The run's record is {run_dir / 'results.json'}."
+        message += " Run again with CNNBENCH_DEBUG=1 for the traceback."
         if sweeping:
             _job_failed(run_dir, message)
             return None
@@ -425,7 +510,14 @@ def _profile_child(config: dict, run_dir: str, send) -> None:
 def _remove_if_empty(run_dir: Path) -> None:
     """A run refused before it began leaves no directory behind: remove run_dir if it holds only
     what Hydra put there (.hydra/ and the log), and the empty folders above it that this command
-    created (outputs/runs/, say)."""
+    created (outputs/runs/, say). A folder that existed before the command is the user's: only
+    what the command added to it goes."""
+    had = _PLANNED.get("had")
+    if had is not None and run_dir.absolute() == Path(_PLANNED["run_dir"]).absolute():
+        for name in {".hydra", "train.log"} - had:
+            path = run_dir / name
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        return
     if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
         shutil.rmtree(run_dir, ignore_errors=True)
         existed = _PLANNED.get("existing_ancestor")
@@ -510,6 +602,8 @@ def hydra_main(command: str, args: List[str]) -> int:
     from cnnbench.config import register_configs
 
     register_configs()
+    flags = ("-m", "--multirun")  # Hydra takes them only before the overrides; users put them anywhere
+    args = [a for a in args if a in flags] + [a for a in args if a not in flags]
     parsed = get_args_parser().parse_args(args)
     _register_resolvers()
     informational = parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.shell_completion
@@ -518,10 +612,12 @@ def hydra_main(command: str, args: List[str]) -> int:
         return _fail(f"torchrun starts one `cnnbench train` run over {world.size} processes; `cnnbench "
                      f"{command}{' -m' if parsed.multirun else ''}` does not run under it. Run sweeps without "
                      f"torchrun (hydra/launcher=slurm gives each job its own processes), profiles on one device.")
+    _COMMAND["name"] = command
     if not informational:
         try:
             preflight(parsed.overrides, parsed.multirun or False)
         except CnnbenchError as e:
+            _release()
             return _fail(str(e))
     rank_dir = None
     if world.active and not informational:  # every process trains in rank 0's run directory
@@ -538,7 +634,6 @@ def hydra_main(command: str, args: List[str]) -> int:
     gpu_locks = _gpu_slots(args)
     argv0 = sys.argv[0]
     sys.argv = [f"cnnbench {command}", *args]
-    _COMMAND["name"] = command
     # Jobs on a cluster's other machines append to this file: it must be on the shared file system.
     fd, failed_log = tempfile.mkstemp(prefix=".cnnbench-failed-", suffix=".txt",
                                       dir="." if _PLANNED.get("on_cluster") else None)
@@ -561,6 +656,7 @@ def hydra_main(command: str, args: List[str]) -> int:
                      f"results.json; run the same sweep again to finish the rest.", 1)
     finally:
         sys.argv[0] = argv0
+        _release()
         track.forget_kept()
         if rank_dir:
             shutil.rmtree(rank_dir, ignore_errors=True)

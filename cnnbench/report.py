@@ -31,8 +31,8 @@ from rich.table import Table
 from rich.text import Text
 
 from cnnbench.errors import CnnbenchError
-from cnnbench.track import (BOOKKEEPING_KEYS, RESULTS_FORMAT, RESULTS_FORMAT_VERSION, atomic_write_bytes,
-                            atomic_write_text)
+from cnnbench.track import (RESULTS_FORMAT, RESULTS_FORMAT_VERSION, atomic_write_bytes, atomic_write_text,
+                            bookkeeping_keys)
 
 DEFAULT_PATHS = ["outputs"]  # where Hydra puts runs unless told otherwise
 
@@ -242,7 +242,8 @@ def _group_key(r: dict[str, Any]) -> tuple:
     # a run without a config (older files) cannot be matched, so it stands alone.
     if not r.get("config"):
         return ("run", r["path"])
-    config = {section: ({k: v for k, v in values.items() if f"{section}.{k}" not in BOOKKEEPING_KEYS}
+    ignored = bookkeeping_keys(r["config"])
+    config = {section: ({k: v for k, v in values.items() if f"{section}.{k}" not in ignored}
                         if isinstance(values, dict) else values)
               for section, values in r["config"].items() if section != "seed"}
     return ("config", json.dumps(config, sort_keys=True, default=str), r["status"])
@@ -752,6 +753,13 @@ def _out_dir(paths: list[str], out: str | None) -> Path:
     return d
 
 
+def _unwritable(e: OSError, where) -> CnnbenchError:
+    target = f" ({Path(e.filename2).name})" if e.filename2 else ""  # a rename onto a folder, say
+    return CnnbenchError(f"Cannot write the comparison files into {where}: {e.strerror or e}{target}. Files "
+                         f"already there are whole (each is written to a temporary file, then renamed). Choose a "
+                         f"writable folder with --out DIR, or free some space.")
+
+
 def print_table(table: Table) -> None:
     """Print to the terminal; to a pipe or a file at full width, since there is no screen to fit."""
     console = Console()
@@ -790,11 +798,17 @@ def compare_main(paths: list[str], out: str | None, columns: list[str] | None = 
             + "; ".join(f"{k}: {', '.join(v[:12]) or '(empty)'}{' …' if len(v) > 12 else ''}" for k, v in seen.items())
             + ". Patterns are shell-style and case-sensitive; quote them so the shell leaves * alone.")
     rows = sort_rows(group_rows(kept, seeds=group_seeds), sort, descending)
-    out_dir = _out_dir(paths, out)
+    try:
+        out_dir = _out_dir(paths, out)
+    except OSError as e:  # cannot create it: read-only, or a file on its path
+        raise _unwritable(e, out or paths[0]) from None
     print_table(to_table(rows, chosen))
-    atomic_write_text(out_dir / "comparison.csv", to_csv(sort_rows(kept, sort, descending)))
-    atomic_write_text(out_dir / "comparison.md", to_markdown(rows, chosen))
-    report = write_report(out_dir, rows, chosen, _selection_note(paths, selected, sort, descending, rows))
+    try:
+        atomic_write_text(out_dir / "comparison.csv", to_csv(sort_rows(kept, sort, descending)))
+        atomic_write_text(out_dir / "comparison.md", to_markdown(rows, chosen))
+        report = write_report(out_dir, rows, chosen, _selection_note(paths, selected, sort, descending, rows))
+    except OSError as e:  # full, read-only, or a folder where a file goes
+        raise _unwritable(e, out_dir) from None
     print(f"wrote {out_dir / 'comparison.csv'}, {out_dir / 'comparison.md'} and "
           f"{report[0]} (also {', '.join(p.name for p in report[1:])})")
     return 0

@@ -6,6 +6,7 @@ so the CLI can refuse bad input before Hydra creates a run directory.
 """
 
 import difflib
+import errno
 import json
 import logging
 import math
@@ -82,6 +83,12 @@ def validate(cfg: DictConfig) -> None:
     from cnnbench.config import Config
 
     known = list(Config.__dataclass_fields__)
+    try:  # an interpolation that cannot resolve (${oc.env:UNSET}, ${no.such.key}) fails here, not mid-run
+        OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:
+        key = getattr(e, "full_key", None) or "a setting"
+        raise CnnbenchError(f"{key} cannot be resolved: {str(e).splitlines()[0]}. Fix or remove the ${{...}} "
+                            f"in its value.") from None
     for key in cfg:  # the root is the one level the schema cannot close (Hydra adds to it)
         if key not in known:
             guess = difflib.get_close_matches(key, known, n=1)
@@ -97,22 +104,32 @@ def validate(cfg: DictConfig) -> None:
             f"{', '.join(info.options) or 'none'}. Remove model.{unknown[0]}=... from the command line.")
 
     def positive(key, value, kind="a positive number"):
-        if value is None or value <= 0:
+        if value is None or not value > 0 or not math.isfinite(value):  # NaN compares false with anything
             raise CnnbenchError(f"{key}={value} is not allowed: it must be {kind}. Set {key} to {kind}.")
+
+    if not 0 <= cfg.seed < 2**32:
+        raise CnnbenchError(f"seed={cfg.seed} is outside what the generators take (0 to 2^32 - 1). Use a "
+                            f"seed such as 0, 1, 2.")
 
     positive("dataset.batch_size", d.batch_size, "a positive integer")
     positive("optimizer.lr", o.lr)
     positive("trainer.epochs", t.epochs, "a positive integer")
     positive("trainer.eval_every", t.eval_every, "a positive integer")
     positive("trainer.log_every_steps", t.log_every_steps, "a positive integer")
+    positive("dataset.in_channels", d.in_channels, "a positive integer")
+    positive("dataset.native_size", d.native_size, "a positive integer (px)")
     for key, value in [("optimizer.weight_decay", o.weight_decay), ("trainer.grad_clip", t.grad_clip),
                        ("trainer.max_steps_per_epoch", t.max_steps_per_epoch),
                        ("trainer.max_eval_steps", t.max_eval_steps), ("trainer.threads", t.threads),
                        ("trainer.checkpoint_every_steps", t.checkpoint_every_steps),
                        ("dataset.train_size", d.train_size), ("dataset.val_size", d.val_size),
                        ("dataset.num_workers", d.num_workers)]:
-        if value < 0:
-            raise CnnbenchError(f"{key}={value} is negative. Set it to 0 or more.")
+        if not value >= 0 or not math.isfinite(value):
+            raise CnnbenchError(f"{key}={value} is {'negative' if value < 0 else 'not a number'}. Set it to 0 "
+                                f"or more.")
+    if t.threads > 1024:  # OpenMP with 100,000 threads crashes the process outright
+        raise CnnbenchError(f"trainer.threads={t.threads} is far more than any machine's cores. Use 0 (one per "
+                            f"core) or the number of cores to use.")
     if m.weights is not None and not Path(m.weights).expanduser().is_file():
         raise CnnbenchError(f"model.weights={m.weights}: no such file. Give the path of a .pth state dict.")
     for key, value in [("model.dropout", m.dropout), ("trainer.label_smoothing", t.label_smoothing)]:
@@ -146,6 +163,11 @@ def validate(cfg: DictConfig) -> None:
     if name == "sgd" and o.nesterov and not (o.momentum or 0) > 0:
         raise CnnbenchError("optimizer.nesterov=true needs optimizer.momentum > 0. Set momentum "
                             "(e.g. 0.9) or nesterov=false.")
+    for key, fits, kind in (("momentum", lambda v: 0 <= v < math.inf, "0 or more, e.g. 0.9"),
+                            ("eps", lambda v: 0 < v < math.inf, "a small positive number, e.g. 1e-8"),
+                            ("alpha", lambda v: 0 <= v < 1, "in [0, 1), e.g. 0.99")):
+        if o[key] is not None and not fits(o[key]):
+            raise CnnbenchError(f"optimizer.{key}={o[key]} is not allowed for {name}: it must be {kind}.")
     if o.betas is not None and (len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas)):
         raise CnnbenchError(f"optimizer.betas={list(o.betas)} must be two numbers in [0, 1), e.g. [0.9,0.999].")
 
@@ -153,6 +175,7 @@ def validate(cfg: DictConfig) -> None:
     sname = _value(s.name)
     if sname == "step":
         positive("scheduler.step_epochs", s.step_epochs, "a positive integer")
+        positive("scheduler.gamma", s.gamma, "a positive factor, e.g. 0.1")
     if sname == "onecycle" and not (0 < s.pct_start < 1 and s.div_factor >= 1):
         raise CnnbenchError(f"scheduler.pct_start={s.pct_start} must be in (0, 1) and "
                             f"scheduler.div_factor={s.div_factor} at least 1.")
@@ -194,6 +217,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CnnbenchError("trainer.device=mps but this machine has no usable Apple GPU (MPS). Use "
+                            "trainer.device=cpu (or auto).")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CnnbenchError(f"trainer.device={name} but this machine has no usable CUDA GPU. "
                             f"Use trainer.device=cpu (or auto).")
@@ -361,6 +387,11 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, keep: bool = False) -> Optiona
                 f"{run.last} was saved by a run with another config ({', '.join(changed[:6])} differ); resuming "
                 f"would mix two experiments. Resume with the run's own settings (see {run.dir}/.hydra/"
                 f"overrides.yaml; only trainer.epochs and how the run is logged may change), or start a new run.")
+        done = state["epoch"]
+        if done >= cfg.trainer.epochs and not state.get("epoch_state"):
+            raise CnnbenchError(
+                f"{run.dir} has trained {done} epoch(s) and trainer.epochs={cfg.trainer.epochs}: there is nothing "
+                f"left to resume. To train it longer, raise trainer.epochs (e.g. trainer.epochs={2 * done}).")
         return state
     if run.results.exists() or run.last.exists():
         raise CnnbenchError(
@@ -370,12 +401,12 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, keep: bool = False) -> Optiona
 
 def _config_differences(old: Dict[str, Any], new: Dict[str, Any]) -> list:
     """Dotted keys whose values differ between two resolved configs (bookkeeping keys aside)."""
-    diffs = []
+    diffs, ignored = [], track.bookkeeping_keys(old, new)
     for section in sorted(set(old) | set(new)):
         a, b = old.get(section), new.get(section)
         if isinstance(a, dict) and isinstance(b, dict):
             diffs += [f"{section}.{k}" for k in sorted(set(a) | set(b))
-                      if f"{section}.{k}" not in track.BOOKKEEPING_KEYS and a.get(k) != b.get(k)]
+                      if f"{section}.{k}" not in ignored and a.get(k) != b.get(k)]
         elif a != b:
             diffs.append(section)
     return diffs
@@ -394,6 +425,28 @@ def _set_aside(run: "Run") -> Path:
     return dest
 
 
+def earlier_record(cfg: DictConfig, run_dir: Path) -> Optional[Dict[str, Any]]:
+    """The results.json of the run already in run_dir (None if there is none); refused if it
+    cannot be read or if that run had another config. The CLI asks this of every job of a sweep
+    before Hydra writes into any of their folders."""
+    path = Run(Path(run_dir)).results
+    if not path.is_file():
+        return None
+    try:
+        before = json.loads(path.read_text())
+        before["status"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CnnbenchError(f"{path} exists but cannot be read; cnnbench will not overwrite it. "
+                            f"Move it away, or run the job in another folder.") from None
+    diffs = _config_differences(before.get("config") or {}, _config_dict(cfg))
+    if diffs:
+        raise CnnbenchError(
+            f"{run_dir} holds an earlier run with a different config ({', '.join(diffs[:6])} differ); "
+            f"cnnbench will not overwrite it. Run the sweep in a new folder (leave hydra.sweep.dir "
+            f"at its default), or add trainer.resume=true to extend those runs.")
+    return before
+
+
 def reuse_run_dir(cfg: DictConfig, run_dir: Path, sweeping: bool):
     """What to do with what run_dir already holds, before train() starts. Returns the earlier
     results when the job is already done (skip it), else None after setting trainer.resume when
@@ -404,22 +457,14 @@ def reuse_run_dir(cfg: DictConfig, run_dir: Path, sweeping: bool):
     skip = cfg.trainer.skip_completed if cfg.trainer.skip_completed is not None else sweeping
     if cfg.trainer.resume or not run.results.is_file() or not (skip or sweeping):
         return None  # train() decides: fresh, explicit resume, or refusal to overwrite
-    try:
-        before = json.loads(run.results.read_text())
-        status = before["status"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise CnnbenchError(f"{run.results} exists but cannot be read; cnnbench will not overwrite it. "
-                            f"Move it away, or run the job in another folder.") from None
-    diffs = _config_differences(before.get("config") or {}, _config_dict(cfg))
-    if diffs:
-        raise CnnbenchError(
-            f"{run.dir} holds an earlier run with a different config ({', '.join(diffs[:6])} differ); "
-            f"cnnbench will not overwrite it. Run the sweep in a new folder (leave hydra.sweep.dir "
-            f"at its default), or add trainer.resume=true to extend those runs.")
+    before = earlier_record(cfg, run.dir)
+    status = before["status"]
     if status == "completed" and skip:
         log.info(f"Skipping {run.dir.name}: already completed (trainer.skip_completed).")
         return before
-    if status in ("interrupted", "running") and run.last.is_file():
+    # Stopped with epochs to go: resume. Killed after its last epoch, before the record was closed:
+    # run again (below), as there is nothing left to resume.
+    if status in ("interrupted", "running") and run.last.is_file() and (before.get("epochs") or 0) < cfg.trainer.epochs:
         log.info(f"{run.dir.name} was {status if status != 'running' else 'killed'} after "
                  f"{before.get('epochs') or 0} complete epoch(s): resuming it from {run.last.name}.")
         cfg.trainer.resume = True
@@ -682,6 +727,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         tb.close()
         raise RunFailed(message) from None
     except Exception as e:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # nothing more can be written, the record neither
+            saved = f"{last_saved} is whole; " if last_saved else ""
+            raise RunFailed(f"The disk holding {run.dir} is full ({e.filename or 'writing the run'}). The run stopped: "
+                            f"{saved}free some space, then continue it with trainer.resume=true and the same "
+                            f"hydra.run.dir (or start again with trainer.checkpoint=false).") from None
         oom = _out_of_memory(e, device, d.batch_size)
         results.update(status="failed", error=oom or f"{type(e).__name__}: {e}")
         record()
@@ -770,6 +820,9 @@ def _checkpoint_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> tup
     return weights + slots * params, weights
 
 
+RECORD_BYTES = 4 * 2**20  # results.json, train.log, event files: a few MiB for a long run with filter images
+
+
 def check_writable(run_dir: Path, last_bytes: int = 0, best_bytes: int = 0) -> None:
     """Before the first step: the run directory takes a small write, and its disk has room for
     what the checkpoints will hold at their largest: last.pt, the temporary copy written beside it
@@ -783,13 +836,19 @@ def check_writable(run_dir: Path, last_bytes: int = 0, best_bytes: int = 0) -> N
         raise CnnbenchError(f"Cannot write to the run directory {run_dir}: {e.strerror or e}. Choose a "
                             f"writable place with hydra.run.dir=... (hydra.sweep.dir=... in a sweep).") from None
     on_disk = sum(p.stat().st_size for p in (run_dir / "checkpoints").glob("*.pt") if p.is_file())
-    need = max(2 * last_bytes + best_bytes - on_disk, last_bytes)
+    need = max(2 * last_bytes + best_bytes - on_disk, last_bytes) + RECORD_BYTES
     free = shutil.disk_usage(run_dir).free
     if free < need:
+        what = "last.pt, its temporary copy while it is replaced, best.pt, and " if last_bytes else ""
+        fix = ("Free some space, write elsewhere with hydra.run.dir=..., or set trainer.checkpoint=false." if last_bytes
+               else "Free some space, or write elsewhere with hydra.run.dir=...")
         raise CnnbenchError(
-            f"The disk holding {run_dir} has {free / 2**20:,.0f} MiB free, but this run's checkpoints need "
-            f"about {need / 2**20:,.0f} MiB more (last.pt, its temporary copy while it is replaced, best.pt). "
-            f"Free some space, write elsewhere with hydra.run.dir=..., or set trainer.checkpoint=false.")
+            f"The disk holding {run_dir} has {_mib(free)} MiB free, but this run needs about {_mib(need)} MiB more "
+            f"({what}{_mib(RECORD_BYTES)} MiB for results.json, the log and TensorBoard's files). {fix}")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f}" if n < 10 * 2**20 else f"{n / 2**20:,.0f}"
 
 
 def _out_of_memory(e: Exception, device: torch.device, batch_size: int) -> Optional[str]:

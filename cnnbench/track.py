@@ -25,6 +25,14 @@ BOOKKEEPING_KEYS = {"trainer.resume", "trainer.skip_completed", "trainer.progres
                     "dataset.root", "dataset.num_workers"}
 
 
+def bookkeeping_keys(*configs: Dict[str, Any]) -> set:
+    """BOOKKEEPING_KEYS for runs of these configs: an image folder's root is its data, not where
+    the files are kept, so there it counts."""
+    if any((c.get("dataset") or {}).get("name") == "imagefolder" for c in configs):
+        return BOOKKEEPING_KEYS - {"dataset.root"}
+    return BOOKKEEPING_KEYS
+
+
 def _atomic_write(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

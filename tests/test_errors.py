@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY
+from conftest import TINY, cnnbench
 
 from cnnbench import cli, report, track
 from cnnbench.models import create_model
@@ -57,6 +57,24 @@ BAD_TRAIN_INPUTS = [
     (["model=mobilenet_v1", "model.alpha=0"], "alpha (width multiplier) must be positive, got 0.0"),
     (["model.conv_impl=winograd"], "lenet5 cannot be built with"),
     (["-m", "--cfg=job", "seed=1,2"], "Only one of --run, --multirun, --cfg"),
+    (["seed=-1"], "seed=-1 is outside what the generators take (0 to 2^32 - 1)"),
+    (["optimizer=adam", "optimizer.eps=-1"], "optimizer.eps=-1.0 is not allowed for adam: it must be a small positive"),
+    (["optimizer=sgd_plain", "optimizer.momentum=-1"], "optimizer.momentum=-1.0 is not allowed for sgd"),
+    (["optimizer=rmsprop", "optimizer.alpha=2"], "optimizer.alpha=2.0 is not allowed for rmsprop: it must be in"),
+    (["optimizer.lr=nan"], "optimizer.lr=nan is not allowed: it must be a positive number"),
+    (["optimizer.lr=inf"], "optimizer.lr=inf is not allowed: it must be a positive number"),
+    (["trainer.grad_clip=nan"], "trainer.grad_clip=nan is not a number. Set it to 0 or more."),
+    (["scheduler=step", "scheduler.gamma=-1"], "scheduler.gamma=-1.0 is not allowed: it must be a positive factor"),
+    (["dataset.native_size=0"], "dataset.native_size=0 is not allowed: it must be a positive integer (px)"),
+    (["dataset.in_channels=0", "dataset.mean=[]", "dataset.std=[]"], "dataset.in_channels=0 is not allowed"),
+    (["trainer.threads=100000"], "trainer.threads=100000 is far more than any machine's cores"),
+    (["trainer.epochs=${oc.env:CNNBENCH_NO_SUCH_VARIABLE}"], "trainer.epochs cannot be resolved"),
+    (["trainer.device=mps"], "trainer.device=mps but this machine has no usable Apple GPU"),
+    (["hydra.run.dir="], "hydra.run.dir is empty (an unset shell variable?)"),
+    (["-m", "seed=range(0,0)"], "seed=range(0,0) gives seed no value at all"),
+    (["hydra/launcher=nosuch"], "Unknown hydra/launcher 'nosuch'. Known: basic, joblib"),
+    (["hydra.nosuch=1"], "hydra.nosuch is not a Hydra setting"),
+    (["=5"], "Overrides look like group=option or key=value"),
 ]
 
 
@@ -101,6 +119,49 @@ def test_resume_without_checkpoint_and_run_over_existing_run(existing_run, capsy
     assert "trainer.resume=true but" in " ".join(capsys.readouterr().err.split())
     assert snapshot(existing_run.parent) == before
     assert not empty.exists()
+
+
+def test_a_refused_run_leaves_the_folder_the_user_had(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    missing = ["dataset=cifar10", f"dataset.root={tmp_path / 'no-data'}", "dataset.download=false"]
+    mine, empty = tmp_path / "mine", tmp_path / "empty"
+    mine.mkdir()
+    empty.mkdir()
+    (mine / "train.log").write_text("my notes\n")
+    for folder in (mine, empty, tmp_path / "new" / "run"):  # refused in train(), after Hydra made its files
+        assert cli.main(["train", *TINY, *missing, f"hydra.run.dir={folder}"]) == 2
+        assert "not found" in capsys.readouterr().err
+    assert sorted(os.listdir(mine)) == ["train.log"] and (mine / "train.log").read_text().startswith("my notes\n")
+    assert empty.is_dir() and not any(empty.iterdir())
+    assert not (tmp_path / "new").exists()  # made by the command, so taken back
+
+
+def test_resuming_a_run_that_has_trained_all_its_epochs_is_refused_untouched(tmp_path, capsys):
+    run_dir = tmp_path / "done"
+    assert cli.main(["train", *TINY, f"hydra.run.dir={run_dir}"]) == 0
+    before = snapshot(run_dir)
+    assert cli.main(["train", *TINY, "trainer.resume=true", f"hydra.run.dir={run_dir}"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "has trained 1 epoch(s) and trainer.epochs=1: there is nothing left to resume" in err
+    assert "raise trainer.epochs (e.g. trainer.epochs=2)" in err and "Traceback" not in err
+    assert snapshot(run_dir) == before
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
+    run_dir = tmp_path / "busy"
+    cli._hold(run_dir)  # as the first `cnnbench train` into it does, before it has written anything
+    try:
+        second = cnnbench("train", *TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    finally:
+        cli._release()
+    assert second.returncode == 2 and "Another cnnbench process is training in" in " ".join(second.stderr.split())
+    assert not run_dir.exists()
+
+
+def test_the_sweep_flag_may_come_after_the_overrides(tmp_path):
+    sweep = tmp_path / "sweep"
+    assert cli.main(["train", *TINY, "-m", "seed=0,1", f"hydra.sweep.dir={sweep}"]) == 0
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["seed=0", "seed=1"]
 
 
 # ---------------------------------------------------------------------------------------------

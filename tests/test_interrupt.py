@@ -173,7 +173,7 @@ def test_a_sweep_with_a_diverging_job_completes_the_others(tmp_path):
 def test_a_full_disk_is_found_before_training(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNBENCH_DATA", str(tmp_path / "data"))
     monkeypatch.setattr(run.shutil, "disk_usage", lambda path: shutil_usage(total=2**30, used=2**30 - 1024, free=1024))
-    with pytest.raises(run.CnnbenchError, match="MiB free, but this run's checkpoints need"):
+    with pytest.raises(run.CnnbenchError, match="MiB free, but this run needs about"):
         run.train(compose_cfg(*TINY), tmp_path / "run")
     assert not (tmp_path / "run" / "results.json").exists()
     assert cli.main(["train", *TINY, "hydra.run.dir=/proc/version/run"]) == 2  # not a directory
@@ -190,21 +190,48 @@ def test_the_disk_check_counts_the_checkpoints_at_their_largest(tmp_path, monkey
     def free(n):
         monkeypatch.setattr(run.shutil, "disk_usage", lambda path: shutil_usage(total=2**40, used=0, free=n))
 
-    free(2 * last + best)
+    record = run.RECORD_BYTES  # results.json, the log, the event files
+    free(2 * last + best + record)
     run.check_writable(tmp_path / "run", last, best)
-    free(2 * last + best - 1)
-    with pytest.raises(run.CnnbenchError, match=f"need about {(2 * last + best) / 2**20:,.0f} MiB more"):
+    free(2 * last + best + record - 1)
+    with pytest.raises(run.CnnbenchError, match=f"needs about {(2 * last + best + record) / 2**20:,.0f} MiB more"):
         run.check_writable(tmp_path / "run", last, best)
     # a resumed run: the checkpoints already written take no more room; the temporary copy still does
     ckpt = tmp_path / "run" / "checkpoints"
     ckpt.mkdir()
     (ckpt / "last.pt").write_bytes(b"x" * 1000)
-    free(2 * last + best - 1000)
+    free(2 * last + best + record - 1000)
     run.check_writable(tmp_path / "run", last, best)
     (ckpt / "best.pt").write_bytes(b"x" * (2 * last))
-    free(last - 1)
+    free(last + record - 1)
     with pytest.raises(run.CnnbenchError, match="MiB free"):
         run.check_writable(tmp_path / "run", last, best)
+    # no checkpoints: the record alone, in figures that tell small sizes apart
+    free(record - 2**20)
+    with pytest.raises(run.CnnbenchError, match=r"has 3\.0 MiB free, but this run needs about 4\.0 MiB more"):
+        run.check_writable(tmp_path / "run2")
+
+
+def test_a_disk_that_fills_during_the_run_stops_it_resumably(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNBENCH_DATA", str(tmp_path / "data"))
+    real_epoch = engine.train_one_epoch
+    calls = []
+
+    def full_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", str(tmp_path / "run" / "events"))
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", full_in_second_epoch)
+    with pytest.raises(run.RunFailed) as e:
+        run.train(compose_cfg(*TINY, "trainer.epochs=2"), tmp_path / "run")
+    message = " ".join(str(e.value).split())
+    assert "is full" in message and "last.pt (epoch 1, step 4) is whole" in message
+    assert "continue it with trainer.resume=true" in message
+    monkeypatch.setattr(engine, "train_one_epoch", real_epoch)  # space freed: the run goes on
+    again = run.train(compose_cfg(*TINY, "trainer.epochs=2", "trainer.resume=true"), tmp_path / "run")
+    assert again["status"] == "completed" and again["epochs"] == 2
 
 
 def test_out_of_memory_is_reported_with_the_batch_size(tmp_path, monkeypatch):

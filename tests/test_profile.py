@@ -47,3 +47,10 @@ def test_profile_lands_in_outputs_profiles_and_refuses_bad_sizes(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     assert cli.main(["profile", "profile.batch_sizes=[0]"]) == 2
     assert "profile.batch_sizes=[0]" in capsys.readouterr().err
+    # a training run's folder: refused with a profile's fix, not a training run's (trainer.resume)
+    run_dir = tmp_path / "a-run"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text("{}")
+    assert cli.main(["profile", f"hydra.run.dir={run_dir}"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "already holds a run; cnnbench will not write a profile into it" in err and "resume" not in err

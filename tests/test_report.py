@@ -411,6 +411,35 @@ def test_bad_options_name_the_problem_and_the_fix(tmp_path, args, message):
     assert not (tmp_path / "report.md").exists()  # refused before writing anything
 
 
+def test_an_output_folder_that_cannot_take_the_files_is_refused_whole(tmp_path, capsys, monkeypatch):
+    from cnnbench import cli
+
+    monkeypatch.setattr(report, "render_plots", lambda rows: {name: b"png" for name, *_ in report.PLOTS})
+    write_run(tmp_path / "runs", "r1", config=config())
+    out = tmp_path / "out"
+    (out / "comparison.md").mkdir(parents=True)  # a folder where a file goes: the write fails midway
+    assert cli.main(["compare", str(tmp_path / "runs"), "--out", str(out)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"Cannot write the comparison files into {out}: Is a directory (comparison.md)" in err
+    assert "--out DIR" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["comparison.csv", "comparison.md"]  # no half-written files
+
+
+def test_an_image_folder_root_is_part_of_the_experiment():
+    from cnnbench.run import _config_differences
+    from cnnbench.track import bookkeeping_keys
+
+    def cfg(name, root):
+        return {"dataset": {"name": name, "root": root}, "seed": 0}
+    # MNIST's root is only where its files are kept; an image folder's root is the data itself
+    assert _config_differences(cfg("mnist", "/a"), cfg("mnist", "/b")) == []
+    assert _config_differences(cfg("imagefolder", "/a"), cfg("imagefolder", "/b")) == ["dataset.root"]
+    assert "dataset.root" not in bookkeeping_keys(cfg("imagefolder", "/a"))
+    rows = [{"config": cfg("imagefolder", root), "status": "completed", "path": root, "seed": 0} for root in "ab"]
+    assert report._group_key(rows[0]) != report._group_key(rows[1])  # two datasets, not two seeds of one
+
+
 def test_bad_option_exits_2_without_traceback(tmp_path):
     write_run(tmp_path, "r1")
     r = cnnbench("compare", "", cwd=tmp_path)
