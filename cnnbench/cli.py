@@ -254,8 +254,11 @@ def _hold(run_dir: Path) -> None:
         return
     key = hashlib.sha1(str(run_dir.absolute()).encode()).hexdigest()[:16]
     folder = Path(tempfile.gettempdir(), "cnnbench-locks")
-    folder.mkdir(exist_ok=True)
-    f = open(folder / f"{key}.lock", "a")
+    try:
+        folder.mkdir(exist_ok=True)
+        f = open(folder / f"{key}.lock", "a")
+    except OSError:  # another user's folder, say: run unguarded rather than not at all
+        return
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
