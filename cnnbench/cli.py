@@ -514,7 +514,11 @@ def _remove_if_empty(run_dir: Path) -> None:
     """A run refused before it began leaves no directory behind: remove run_dir if it holds only
     what Hydra put there (.hydra/ and the log), and the empty folders above it that this command
     created (outputs/runs/, say). A folder that existed before the command is the user's: only
-    what the command added to it goes."""
+    what the command added to it goes. Under torchrun, rank 0's to do."""
+    from cnnbench import distributed
+
+    if not distributed.world().main:
+        return
     had = _PLANNED.get("had")
     if had is not None and run_dir.absolute() == Path(_PLANNED["run_dir"]).absolute():
         for name in {".hydra", "train.log"} - had:
