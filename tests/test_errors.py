@@ -531,3 +531,22 @@ def test_unknown_command_and_bad_models_input(capsys):
     assert "is not CxHxW" in capsys.readouterr().err
     assert cli.main(["models", "nosuch*"]) == 2
     assert "No model matches" in capsys.readouterr().err
+
+
+def test_every_row_of_the_catalogue_names_a_test_that_exists():
+    """docs/errors.md: each row's test column names tests that exist, with the parameter ids they run."""
+    import re
+
+    tests = Path(__file__).parent
+    ids = {" ".join(args) for args, _ in BAD_TRAIN_INPUTS}
+    rows = [line for line in (tests.parent / "docs" / "errors.md").read_text().splitlines()
+            if re.match(r"\| \d+b? \|", line)]
+    assert len(rows) > 90
+    for line in rows:
+        for name in re.findall(r"`([^`]*test_[^`]*)`", line.rsplit(" | ", 2)[-1]):
+            path, _, test = name.rpartition("::")
+            test, _, param = test.partition("[")
+            source = (tests.parent / path if path else tests / "test_errors.py").read_text()
+            assert f"def {test}(" in source, line
+            if test == "test_bad_train_input_is_refused_before_any_work":
+                assert param[:-1] in ids, line  # the id without its closing bracket

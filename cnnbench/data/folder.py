@@ -136,7 +136,12 @@ def build_imagefolder(conf, device: torch.device, seed: int, image_size: int, ra
                             f"dataset.num_classes={conf.num_classes}. Set it to null (count them) "
                             f"or to {len(train_set.classes)}.")
     cuda = device.type == "cuda"
-    workers = conf.num_workers
+    # More workers than cores only adds switching (and PyTorch warns about it): cap them.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = min(conf.num_workers, cores)
+    if workers < conf.num_workers:
+        log.info(f"dataset.num_workers={conf.num_workers}, but this process may use {cores} core(s): "
+                 f"{workers} DataLoader worker(s).")
     common = dict(num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
                   collate_fn=collate_readable)
     # The shuffle: epoch e's order is seeded with seed * 1_000_003 + e, as in the in-memory loader
