@@ -170,10 +170,18 @@ def _nearest_existing(path: Path) -> Path:
 
 def _check_output_dir(path: Path, key: str) -> None:
     """The folder Hydra is about to create must be creatable: its nearest existing ancestor is a
-    writable directory."""
+    writable directory (tried, when there is something to create: permissions do not bind root, and
+    /proc or a read-only mount refuse anyone)."""
     parent = _nearest_existing(path)
+    why = None
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         why = "is not a directory" if not parent.is_dir() else "is not writable"
+    elif parent != path.absolute():
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".cnnbench-", dir=parent))
+        except OSError as e:
+            why = f"does not take new folders ({e.strerror or e})"
+    if why:
         raise CnnbenchError(f"Cannot create the output folder {path}: {parent} {why}. Choose another place "
                             f"with {key}=... (or run from a folder you can write to).")
 

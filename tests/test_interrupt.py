@@ -177,6 +177,7 @@ def test_a_full_disk_is_found_before_training(tmp_path, monkeypatch):
         run.train(compose_cfg(*TINY), tmp_path / "run")
     assert not (tmp_path / "run" / "results.json").exists()
     assert cli.main(["train", *TINY, "hydra.run.dir=/proc/version/run"]) == 2  # not a directory
+    assert cli.main(["train", *TINY, "hydra.run.dir=/proc/cnnbench-run"]) == 2  # takes no folders, root's neither
 
 
 def test_the_disk_check_counts_the_checkpoints_at_their_largest(tmp_path, monkeypatch):
