@@ -728,6 +728,10 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         raise RunFailed(message) from None
     except Exception as e:
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # nothing more can be written, the record neither
+            try:
+                tb.close()
+            except OSError:
+                pass
             saved = f"{last_saved} is whole; " if last_saved else ""
             raise RunFailed(f"The disk holding {run.dir} is full ({e.filename or 'writing the run'}). The run stopped: "
                             f"{saved}free some space, then continue it with trainer.resume=true and the same "
