@@ -219,7 +219,7 @@ def plan_jobs(overrides: List[str], multirun: bool) -> tuple:
     _PLANNED["sweep_dir"] = str(primary.hydra.sweep.dir)
     subdir = OmegaConf.to_container(primary.hydra.sweep, resolve=False).get("subdir")
     _PLANNED["subdir_is_ours"] = "cnnbench_sweep_subdir" in str(subdir)  # else jobs' folders are the user's call
-    _PLANNED["existing_ancestor"] = _nearest_existing(Path(_PLANNED["run_dir"]))  # a refused run cleans up to here
+    _PLANNED["existing_ancestor"] = _nearest_existing(run_dir)  # a refused run cleans up to here
     _PLANNED["on_cluster"] = "slurm" in str(primary.hydra.launcher.get("_target_", "")).lower()
     if _PLANNED["on_cluster"] and not shutil.which("sbatch"):
         raise CnnbenchError("hydra/launcher=slurm submits each job with sbatch, which is not on this machine's "
@@ -340,10 +340,8 @@ def preflight(overrides: List[str], multirun: bool) -> None:
     if not multirun and _COMMAND["name"] == "train":
         _hold(run_dir)
         run.check_run_dir(cfg, run_dir, keep=True)  # train() takes the checkpoint read here
-    elif not multirun and any((run_dir / name).exists() for name in ("profile.json", "results.json")):
-        raise CnnbenchError(f"{run_dir} already holds a {'profile' if (run_dir / 'profile.json').exists() else 'run'}; "
-                            f"cnnbench will not write a profile into it. Choose another hydra.run.dir, or leave it "
-                            f"out (profiles go to outputs/profiles/).")
+    elif not multirun:
+        run.check_profile_dir(run_dir)
 
 
 class _JobExit(SystemExit):

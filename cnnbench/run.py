@@ -911,13 +911,20 @@ class _progress:
         return False
 
 
+def check_profile_dir(run_dir: Path) -> None:
+    """A profile goes into a folder that holds neither a profile nor a training run."""
+    held = next((what for name, what in (("profile.json", "profile"), ("results.json", "run"))
+                 if (run_dir / name).exists()), None)
+    if held:
+        raise CnnbenchError(f"{run_dir} already holds a {held}; cnnbench will not write a profile into it. Choose "
+                            f"another hydra.run.dir, or leave it out (profiles go to outputs/profiles/).")
+
+
 def profile(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     """`cnnbench profile`: what the composed model costs, measured without training or data.
     Writes profile.json and TensorBoard scalars (x axis: batch size) into run_dir."""
     validate(cfg)
-    if (Path(run_dir) / "profile.json").exists():
-        raise CnnbenchError(f"{run_dir} already holds a profile; cnnbench will not overwrite it. "
-                            f"Choose another hydra.run.dir.")
+    check_profile_dir(Path(run_dir))
     m, t, p = cfg.model, cfg.trainer, cfg.profile
     device = _prepare(t, cfg.seed)
     image_size = image_size_for(cfg)
