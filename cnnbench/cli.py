@@ -24,7 +24,10 @@ from typing import List, Optional
 
 from cnnbench.errors import CnnbenchError
 
-CONF_DIR = str(importlib.resources.files("cnnbench.conf"))
+try:  # installed: conf/ travels inside the package (pyproject.toml)
+    CONF_DIR = str(importlib.resources.files("cnnbench.conf"))
+except ModuleNotFoundError:  # a checkout on PYTHONPATH, not installed (benchmarks/device.md)
+    CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 GROUPS = ("model", "dataset", "optimizer", "scheduler", "trainer")
 log = logging.getLogger("cnnbench")
 

@@ -34,6 +34,13 @@ class Amp(Choice):
     fp16 = "fp16"  # autocast to float16 with a gradient scaler
 
 
+class CompileMode(Choice):  # torch.compile's modes, with _ for its -
+    default = "default"  # Inductor's kernels, launched one by one from Python
+    reduce_overhead = "reduce_overhead"  # also CUDA graphs: a step's launches replayed as one (small models)
+    max_autotune = "max_autotune"  # also autotuned matrix-product kernels and CUDA graphs (long compile)
+    max_autotune_no_cudagraphs = "max_autotune_no_cudagraphs"
+
+
 class Norm(Choice):
     batch = "batch"
     layer = "layer"
@@ -148,6 +155,8 @@ class TrainerConf:
     amp: Amp = Amp.auto  # mixed precision: auto (bf16 on Ampere and later GPUs, else off) | off | bf16 | fp16
     channels_last: Optional[bool] = None  # NHWC memory format for conv nets; null = on for CUDA, off on CPU
     compile: bool = False  # torch.compile the model (its first step's compile time is reported apart)
+    compile_mode: CompileMode = CompileMode.default  # default | reduce_overhead (CUDA graphs) | max_autotune
+    #                                                  | max_autotune_no_cudagraphs; used with compile=true
     sync_bn: bool = False  # torchrun: BatchNorm statistics over the global batch (CUDA)
     grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
     label_smoothing: float = 0.0  # cross-entropy label smoothing, in [0, 1)

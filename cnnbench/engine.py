@@ -32,6 +32,7 @@ class StepConfig:
     on_nan: str = "stop"  # a non-finite loss: stop (raise Diverged) | skip_step (leave the update out)
     channels_last: bool = False  # hand the model NHWC batches (the model's weights are NHWC too)
     distributed: bool = False  # torchrun: sum the running metrics over every process at each read
+    cuda_graphs: bool = False  # the compiled model replays CUDA graphs: mark where each step starts
 
 
 def classification_loss(output, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -141,6 +142,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
         if done == warmup:
             sync_device(step.device)
             t_warm = time.perf_counter()
+        if step.cuda_graphs:  # the last step's graph outputs may be overwritten from here on
+            torch.compiler.cudagraph_mark_step_begin()
         with _autocast(step):
             output = model(x)
             loss = classification_loss(output, y, step.label_smoothing)

@@ -285,11 +285,20 @@ def build_scheduler(optimizer, s, lr: float, epochs: int, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+# torch.compile modes that capture CUDA graphs: each step then marks its start (engine.StepConfig)
+CUDA_GRAPH_MODES = ("reduce_overhead", "max_autotune")
+
+
 def _prepare(t, seed: int, world: distributed.World = distributed.World()) -> torch.device:
     """The process-wide settings a run or a profile starts from: device (under torchrun, the GPU
     of this process's local rank), threads, determinism, cuDNN autotuning, seeds."""
     device = resolve_device(t.device)
     if world.active:
+        if t.compile and _value(t.compile_mode) in CUDA_GRAPH_MODES:  # before joining the process group
+            raise CnnbenchError(f"trainer.compile_mode={_value(t.compile_mode)} captures CUDA graphs, which "
+                                f"cnnbench does not use under torchrun (DDP's gradient all-reduce runs between "
+                                f"the graph's pieces). Use trainer.compile_mode=default or "
+                                f"max_autotune_no_cudagraphs.")
         distributed.init()
         if device.type == "cuda":
             device = torch.device("cuda", world.local_rank)
@@ -557,7 +566,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         # Forget code compiled for earlier jobs of a sweep in this process: past 8 versions of one
         # forward (dynamo's recompile limit) torch.compile would quietly fall back to eager.
         torch._dynamo.reset()
-        net = torch.compile(net)
+        net = torch.compile(net, mode=_value(t.compile_mode).replace("_", "-"))
 
     steps_per_epoch = min(len(train_loader), t.max_steps_per_epoch) if t.max_steps_per_epoch else len(train_loader)
     optimizer = build_optimizer(model, o, fused=device.type == "cuda")
@@ -565,7 +574,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     amp_dtype = _AMP_DTYPES[amp]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step_cfg = engine.StepConfig(device, amp_dtype, t.grad_clip, t.label_smoothing, t.max_steps_per_epoch,
-                                 t.max_eval_steps, t.log_every_steps, _value(t.on_nan), channels_last, world.active)
+                                 t.max_eval_steps, t.log_every_steps, _value(t.on_nan), channels_last, world.active,
+                                 cuda_graphs=t.compile and device.type == "cuda"
+                                 and _value(t.compile_mode) in CUDA_GRAPH_MODES)
 
     results: Dict[str, Any] = {
         "status": "running", "error": None, "run_dir": str(run.dir.resolve()),
@@ -578,6 +589,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "input_shape": list(input_shape), "num_classes": num_classes, "batch_size": d.batch_size,
         "world_size": world.size, "global_batch_size": d.batch_size * world.size,  # batch_size is per process
         "amp": amp, "channels_last": channels_last, "compile": t.compile,
+        "compile_mode": _value(t.compile_mode) if t.compile else None,
         "cudnn_benchmark": torch.backends.cudnn.benchmark, "fused_optimizer": bool(optimizer.defaults.get("fused")),
         "compile_s": None, "data_wait_s": None, "compute_s": None, "mfu": None,
         "mfu_note": measure.mfu_note(device, amp),

@@ -50,6 +50,27 @@ def test_fp16_on_cuda_with_a_gradient_scaler_resumes(tmp_path, monkeypatch):
     assert scaler["scale"] > 0
 
 
+def test_cuda_graphs_train_as_the_plain_compiled_model_does(tmp_path, monkeypatch):
+    """compile_mode=reduce_overhead replays each step from CUDA graphs: the same training, so the
+    same losses (float32, deterministic kernels; a constant lr, so that a 1-epoch run's schedule
+    is a 2-epoch run's first half) and a checkpoint that resumes."""
+    monkeypatch.setenv("CNNBENCH_DATA", str(tmp_path / "data"))
+    common = ["dataset=synthetic", "dataset.in_channels=1", "dataset.mean=[0.5]", "dataset.std=[0.25]",
+              "dataset.image_size=32", "dataset.batch_size=64", "dataset.train_size=1024", "dataset.val_size=128",
+              "model=lenet5", "scheduler=none", "optimizer.lr=0.02", "trainer=fast", "trainer.amp=off",
+              "trainer.deterministic=true", "trainer.log_every_steps=4", "trainer.progress=false"]
+    plain = run.train(compose_cfg(*common, "trainer.epochs=2"), tmp_path / "plain")
+    graphs = run.train(compose_cfg(*common, "trainer.epochs=1", "trainer.compile_mode=reduce_overhead"),
+                       tmp_path / "graphs")
+    assert graphs["compile_mode"] == "reduce_overhead" and plain["compile_mode"] == "default"
+    resumed = run.train(compose_cfg(*common, "trainer.epochs=2", "trainer.compile_mode=reduce_overhead",
+                                    "trainer.resume=true"), tmp_path / "graphs")
+    assert resumed["status"] == "completed"
+    for a, b in zip(plain["history"], resumed["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+
+
 def test_synthetic_data_is_drawn_on_the_gpu_the_same_each_time():
     from cnnbench.data import _make_synthetic
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cnnbench import run, track
+from cnnbench.errors import CnnbenchError
 from cnnbench.models import create_model
 from conftest import TINY, cnnbench, compose_cfg, read_results
 
@@ -49,12 +50,15 @@ def test_compile_reports_its_first_step_apart(tmp_path):
     # with it: a 150 MB precompiled header among it (kept: the test takes 37 s with it, 48 s without)
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    p = cnnbench("train", *TINY, "trainer=fast", "trainer.device=cpu", "trainer.epochs=1",
+    # reduce_overhead: CUDA graphs on a GPU; on the CPU, Inductor's kernels as in the default mode
+    p = cnnbench("train", *TINY, "trainer=fast", "trainer.compile_mode=reduce_overhead", "trainer.device=cpu",
+                 "trainer.epochs=1",
                  "trainer.max_steps_per_epoch=4", "trainer.max_eval_steps=2", "trainer.log_every_steps=2",
                  f"hydra.run.dir={tmp_path / 'compiled'}", cwd=tmp_path, env={"TMPDIR": str(tmp)})
     assert p.returncode == 0, p.stderr
     r = read_results(tmp_path / "compiled")
     assert r["status"] == "completed" and r["compile"] is True and r["channels_last"] is True
+    assert r["compile_mode"] == "reduce_overhead"
     assert r["compile_s"] > 0 and r["compile_s"] < r["wall_time_s"]
     state = track.load_checkpoint(tmp_path / "compiled" / "checkpoints" / "last.pt", "lenet5")
     assert not any(k.startswith("_orig_mod") for k in state["weights"])  # the plain module's keys
@@ -131,3 +135,11 @@ def test_sync_bn_under_torchrun_on_the_cpu_is_refused_with_the_fix(tmp_path):
     # torchrun reports a failed child with its own traceback (ChildFailedError); none comes from cnnbench
     assert not any(line.strip().startswith("File") and "/cnnbench/" in line for line in out.splitlines())
     assert not (run_dir / "results.json").exists()
+
+
+def test_cuda_graphs_under_torchrun_are_refused_before_joining_the_group():
+    from cnnbench import distributed
+
+    t = compose_cfg("trainer=fast", "trainer.compile_mode=reduce_overhead", "trainer.device=cpu").trainer
+    with pytest.raises(CnnbenchError, match="compile_mode=reduce_overhead captures CUDA graphs.*Use trainer.compile"):
+        run._prepare(t, 0, distributed.World(rank=0, size=2, local_rank=0))  # no process group to join: raised first

@@ -41,7 +41,7 @@ def test_results_json_has_every_field_with_sane_values(tiny_run):
     assert 0 <= row["data_wait_s"] < row["seconds"] and row["compute_s"] == row["seconds"] - row["data_wait_s"]
     # Speed settings, resolved for the CPU and recorded; mfu needs a GPU's peak, and says so.
     assert (r["amp"], r["channels_last"], r["compile"], r["world_size"]) == ("off", False, False, 1)
-    assert r["global_batch_size"] == r["batch_size"] and r["compile_s"] is None
+    assert r["global_batch_size"] == r["batch_size"] and r["compile_s"] is None and r["compile_mode"] is None
     assert r["mfu"] is None and "no mfu on the CPU" in r["mfu_note"]
     assert r["data_wait_s"] == sum(h["data_wait_s"] for h in r["history"])
     env = r["env"]
