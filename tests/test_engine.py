@@ -150,3 +150,27 @@ def test_a_non_finite_loss_stops_the_run_at_its_step_or_is_skipped():
     r = engine.train_one_epoch(model, batches, opt, sched, scaler, skip, 0, lambda s, v: None)
     assert r["skipped_steps"] == 1 and r["images"] == 56 and math.isfinite(r["loss"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_running_sums_weigh_each_batch_and_find_the_first_bad_step_long_before_a_read():
+    """Batches of unequal size are weighted by their images; the non-finite step is exact, with
+    hundreds of steps between reads of the running sums."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # no learning: each batch's loss is known beforehand
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    n = 300
+    batches = [(torch.randn(3 + i % 5, 8), torch.randint(0, 2, (3 + i % 5,))) for i in range(n)]
+    with torch.no_grad():
+        expected = sum(nn.functional.cross_entropy(model(x), y).item() * len(y) for x, y in batches)
+    step = engine.StepConfig(torch.device("cpu"), log_every=10_000)
+    r = engine.train_one_epoch(model, batches, opt, sched, scaler, step, 0, lambda s, v: None)
+    assert r["images"] == sum(len(y) for _, y in batches)
+    assert r["loss"] == pytest.approx(expected / r["images"], rel=1e-5)
+
+    bad = 270  # the 1-based step of the NaN
+    batches[bad - 1] = (torch.full_like(batches[bad - 1][0], float("nan")), batches[bad - 1][1])
+    with pytest.raises(engine.Diverged) as e:
+        engine.train_one_epoch(model, batches, opt, sched, scaler, step, 0, lambda s, v: None)
+    assert e.value.step == bad
