@@ -8,8 +8,8 @@
    fused SGD): cnnbench's steady-state training images/s against a bare PyTorch loop with the
    same settings, timed in this run. Targets: >= 3,000 images/s, ratio >= 0.97.
 2. LeNet-5 on Fashion-MNIST, trainer=fast with CUDA graphs (compile_mode=reduce_overhead), batch
-   256: one epoch of 60,000 images in under 1 s (the second epoch's time, so compiling is left
-   out); images/s against a bare loop with the same settings.
+   256: one epoch (59,904 of the 60,000 images, in whole batches) in under 1 s (the second
+   epoch's time, so compiling is left out); images/s against a bare loop with the same settings.
 3. ResNet-18 (small stem) on Fashion-MNIST to 94.9% test accuracy (the ResNet-18 row of the
    Fashion-MNIST benchmark table) in under 60 s of training: the training passes, without the
    first step's compiling (printed apart, with the whole wall time) or the evaluations. Also
@@ -120,10 +120,10 @@ def resnet50_target(repeats: int, smoke: bool, device: torch.device):
 
 
 def lenet5_target(repeats: int, smoke: bool, device: torch.device):
-    # LeNet-5's step is a few microseconds of GPU work: launching its kernels one by one from
+    # A LeNet-5 step is dozens of kernels of microseconds each: launching them one by one from
     # Python is what takes the time. CUDA graphs (compile_mode=reduce_overhead) replay a step's
-    # launches at once, and batch 256 halves their number; at batch 128 a bare loop with CUDA
-    # graphs took 0.86-0.99 s an epoch on the H100 (benchmarks/RESULTS.md).
+    # launches at once, and batch 256 halves the steps; at batch 128 even a bare loop with CUDA
+    # graphs comes close to a second an epoch on an H100 (benchmarks/RESULTS.md).
     batch = 16 if smoke else 256
     size = SMOKE_DATA + ["dataset.image_size=32"] if smoke else []
     cfg = config("model=lenet5", *size, f"dataset.batch_size={batch}", "trainer=fast", "trainer.epochs=2",

@@ -32,7 +32,7 @@ from rich.text import Text
 
 from cnnbench.errors import CnnbenchError
 from cnnbench.track import (RESULTS_FORMAT, RESULTS_FORMAT_VERSION, atomic_write_bytes, atomic_write_text,
-                            bookkeeping_keys)
+                            bookkeeping_keys, with_added_settings)
 
 DEFAULT_PATHS = ["outputs"]  # where Hydra puts runs unless told otherwise
 
@@ -245,7 +245,7 @@ def _group_key(r: dict[str, Any]) -> tuple:
     ignored = bookkeeping_keys(r["config"])
     config = {section: ({k: v for k, v in values.items() if f"{section}.{k}" not in ignored}
                         if isinstance(values, dict) else values)
-              for section, values in r["config"].items() if section != "seed"}
+              for section, values in with_added_settings(r["config"]).items() if section != "seed"}
     return ("config", json.dumps(config, sort_keys=True, default=str), r["status"])
 
 

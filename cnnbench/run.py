@@ -295,8 +295,8 @@ def _prepare(t, seed: int, world: distributed.World = distributed.World()) -> to
     device = resolve_device(t.device)
     if world.active:
         if t.compile and _value(t.compile_mode) in CUDA_GRAPH_MODES:  # before joining the process group
-            raise CnnbenchError(f"trainer.compile_mode={_value(t.compile_mode)} captures CUDA graphs, which "
-                                f"cnnbench does not use under torchrun (DDP's gradient all-reduce runs between "
+            raise CnnbenchError(f"trainer.compile_mode={_value(t.compile_mode)} captures CUDA graphs on GPUs, "
+                                f"which cnnbench does not use under torchrun (DDP's gradient all-reduce runs between "
                                 f"the graph's pieces). Use trainer.compile_mode=default or "
                                 f"max_autotune_no_cudagraphs.")
         distributed.init()
@@ -409,7 +409,9 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, keep: bool = False) -> Optiona
 
 
 def _config_differences(old: Dict[str, Any], new: Dict[str, Any]) -> list:
-    """Dotted keys whose values differ between two resolved configs (bookkeeping keys aside)."""
+    """Dotted keys whose values differ between two resolved configs (bookkeeping keys aside; old
+    may come from an earlier version of cnnbench, without its later settings)."""
+    old, new = track.with_added_settings(old), track.with_added_settings(new)
     diffs, ignored = [], track.bookkeeping_keys(old, new)
     for section in sorted(set(old) | set(new)):
         a, b = old.get(section), new.get(section)

@@ -25,6 +25,22 @@ BOOKKEEPING_KEYS = {"trainer.resume", "trainer.skip_completed", "trainer.progres
                     "dataset.root", "dataset.num_workers"}
 
 
+# Settings added after runs were saved without them, at the value those runs trained with: a
+# config from before trainer.compile_mode existed compiled in torch.compile's default mode.
+ADDED_SETTINGS = {"trainer.compile_mode": "default"}
+
+
+def with_added_settings(config: Dict[str, Any]) -> Dict[str, Any]:
+    """A saved config with the settings added since it was written (ADDED_SETTINGS) filled in,
+    so that an older run still resumes, and matches or groups with a new run of its config."""
+    out = {section: dict(v) if isinstance(v, dict) else v for section, v in (config or {}).items()}
+    for key, value in ADDED_SETTINGS.items():
+        section, name = key.split(".", 1)
+        if isinstance(out.get(section), dict):
+            out[section].setdefault(name, value)
+    return out
+
+
 def bookkeeping_keys(*configs: Dict[str, Any]) -> set:
     """BOOKKEEPING_KEYS for runs of these configs: an image folder's root is its data, not where
     the files are kept, so there it counts."""

@@ -464,3 +464,15 @@ def test_failed_run_shows_in_report_but_not_in_plots(tmp_path):
 def test_report_module_does_not_import_matplotlib_until_plotting():
     code = "import sys, cnnbench.cli, cnnbench.report; assert 'matplotlib' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_a_run_saved_before_a_setting_existed_groups_with_a_new_run_at_its_default(tmp_path):
+    old = config(seed=0)  # written before trainer.compile_mode: it compiled in the default mode
+    new = config(seed=1)
+    new["trainer"]["compile_mode"] = "default"
+    other = config(seed=2)
+    other["trainer"]["compile_mode"] = "reduce_overhead"
+    for name, seed, cfg in (("seed=0", 0, old), ("seed=1", 1, new), ("graphs", 2, other)):
+        write_run(tmp_path, name, seed=seed, config=cfg)
+    rows = sort_rows(group_rows(load_rows([str(tmp_path)])))
+    assert sorted(r["n_seeds"] for r in rows) == [1, 2]

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from cnnbench import run, track
-from cnnbench.errors import CnnbenchError
 from cnnbench.models import create_model
 from conftest import TINY, cnnbench, compose_cfg, read_results
 
@@ -124,22 +123,22 @@ def test_torchrun_shards_an_image_folder(tmp_path):
     assert track.load_checkpoint(run_dir / "checkpoints" / "last.pt", "lenet5")["global_step"] == 2
 
 
-def test_sync_bn_under_torchrun_on_the_cpu_is_refused_with_the_fix(tmp_path):
+@pytest.mark.parametrize("setting, says, fix", [
+    ("trainer.sync_bn=true", "trainer.sync_bn=true needs CUDA", "Remove it"),
+    ("trainer.compile_mode=reduce_overhead", "trainer.compile_mode=reduce_overhead captures CUDA graphs on GPUs",
+     "Use trainer.compile_mode=default"),
+], ids=["sync_bn_on_the_cpu", "cuda_graphs"])
+def test_a_setting_torchrun_cannot_take_is_refused_with_the_fix(tmp_path, setting, says, fix):
     run_dir = tmp_path / "ddp"
     env = {**os.environ, "CNNBENCH_DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "cnnbench", "train", *TINY, "trainer.sync_bn=true", f"hydra.run.dir={run_dir}"],
+                        "-m", "cnnbench", "train", *TINY, "trainer.compile=true", setting, f"hydra.run.dir={run_dir}"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    out = r.stdout + r.stderr
-    assert r.returncode != 0 and "trainer.sync_bn=true needs CUDA" in out and "Remove it" in out
+    lines = (r.stdout + r.stderr).splitlines()
+    out = " ".join(" ".join(lines).split())
+    assert r.returncode != 0 and out.count(f"error: {says}") == 2 and fix in out  # each process says it
+    assert "failed (exitcode: 2)" in out  # the processes' own status, as torchrun reports it
     # torchrun reports a failed child with its own traceback (ChildFailedError); none comes from cnnbench
-    assert not any(line.strip().startswith("File") and "/cnnbench/" in line for line in out.splitlines())
+    assert not any(line.strip().startswith("File") and "/cnnbench/" in line for line in lines)
     assert not (run_dir / "results.json").exists()
 
-
-def test_cuda_graphs_under_torchrun_are_refused_before_joining_the_group():
-    from cnnbench import distributed
-
-    t = compose_cfg("trainer=fast", "trainer.compile_mode=reduce_overhead", "trainer.device=cpu").trainer
-    with pytest.raises(CnnbenchError, match="compile_mode=reduce_overhead captures CUDA graphs.*Use trainer.compile"):
-        run._prepare(t, 0, distributed.World(rank=0, size=2, local_rank=0))  # no process group to join: raised first

@@ -9,9 +9,11 @@ from tensorboard.backend.event_processing.plugin_event_accumulator import \
     EventAccumulator as PluginEventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import TINY, cnnbench, read_results
+from conftest import TINY, cnnbench, compose_cfg, read_results
 
-from cnnbench.track import load_checkpoint
+from cnnbench import run
+from cnnbench.errors import CnnbenchError
+from cnnbench.track import load_checkpoint, save_checkpoint
 
 
 def test_results_json_has_every_field_with_sane_values(tiny_run):
@@ -100,6 +102,23 @@ def test_resume_continues_where_the_run_stopped(tmp_path):
     acc = EventAccumulator(str(run_dir))
     acc.Reload()
     assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 9))  # no gap, no repeat
+
+
+def test_a_run_saved_before_a_setting_existed_still_resumes(tmp_path):
+    """trainer.compile_mode came later: a checkpoint without it trained in the default mode, and
+    resumes under a config that says so (track.ADDED_SETTINGS)."""
+    run_dir = tmp_path / "r"
+    run.train(compose_cfg(*TINY, "trainer.epochs=1"), run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    state = load_checkpoint(last, "lenet5")
+    del state["config"]["trainer"]["compile_mode"]
+    save_checkpoint(last, state)
+    resume = compose_cfg(*TINY, "trainer.epochs=2", "trainer.resume=true")
+    assert run.check_run_dir(resume, run_dir)["epoch"] == 1
+    assert run.train(resume, run_dir)["status"] == "completed"
+    other = compose_cfg(*TINY, "trainer.epochs=3", "trainer.resume=true", "trainer.compile_mode=reduce_overhead")
+    with pytest.raises(CnnbenchError, match=r"\(trainer.compile_mode differ\)"):
+        run.check_run_dir(other, run_dir)
 
 
 def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
