@@ -3,7 +3,8 @@ environment a figure was measured in.
 
 Conventions used everywhere in cnnbench: one MAC is one multiply-accumulate; FLOPs = 2 x MACs.
 Both count convolutions and matrix products only (as torchvision and the papers do), per image,
-forward pass, measured by `torch.utils.flop_counter`.
+forward pass unless named otherwise, measured by `torch.utils.flop_counter` with its formula for a
+convolution's backward replaced (`_conv_backward_flops`).
 """
 
 import os
@@ -14,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+from math import prod
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -37,6 +39,35 @@ def count_params(model: nn.Module) -> Tuple[int, int, int, int]:
             sum(p.numel() * p.element_size() for p in params), extra)
 
 
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                         _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """FLOPs of aten.convolution_backward: the forward's for the input gradient and again for the
+    weight gradient, each only if asked for (output_mask; none for an input that needs no gradient,
+    such as the image into the first layer). Any stride, padding, dilation and groups; transposed too.
+
+    Why each is the forward's: with im2col (Chellapilla et al. 2006; cnnbench/models/im2col.py), per
+    image and group the forward is Wrow @ Xcol, (O/g x K) @ (K x L), and backward is Wrow^T @ dY,
+    (K x O/g) @ (O/g x L), and dY @ Xcol^T, (O/g x L) @ (L x K): O/g * K * L MACs each (K = C/g * kh
+    * kw, L = output positions). A transposed convolution is a convolution's input gradient: the same
+    holds with input and output swapped. Hence backward = 2 x forward (Hobbhahn & Sevilla 2021,
+    "What's the backward-forward FLOP ratio for neural networks?", Epoch AI).
+
+    Replaces torch's conv_backward_flop (torch/utils/flop_counter.py; the same in a 2.4-era source and
+    in 2.14.1), which counts the weight gradient as one convolution of the transposed input (C, B, H, W)
+    by the transposed output gradient: C x O channel pairs where there are C/g x O, `groups` times too
+    many (a 32-channel depthwise layer's weight gradient: 32 x its forward). Its input gradient is right."""
+    positions = prod((x_shape if transposed else grad_out_shape)[2:])  # where the kernel is applied
+    forward = x_shape[0] * prod(w_shape) * positions  # MACs; w: (O, C/g, kh, kw) or transposed (C, O/g, kh, kw)
+    return 2 * forward * (bool(output_mask[0]) + bool(output_mask[1]))  # FLOPs = 2 x MACs
+
+
+def _flop_counter() -> FlopCounterMode:
+    """torch's counter (right for convolution forward and matrix products), with the corrected
+    convolution backward. custom_mapping is there in torch 2.4 (the oldest cnnbench accepts) too."""
+    return FlopCounterMode(display=False,
+                           custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops})
+
+
 def count_macs(build: Callable[[], nn.Module], input_shape: Tuple[int, int, int]) -> int:
     """MACs of one forward pass of one image, in evaluation mode (no auxiliary heads).
 
@@ -56,7 +87,7 @@ _NO_MACS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Local
 def count_macs_of(model: nn.Module, input_shape: Tuple[int, int, int]) -> int:
     """count_macs for a model already built (on any device; meta is fastest)."""
     device = next(model.parameters()).device
-    counter = FlopCounterMode(display=False)
+    counter = _flop_counter()
     skipped = [m for m in model.modules() if isinstance(m, _NO_MACS)]
     for m in skipped:
         m.forward = _pass_through  # an instance attribute: the class's forward is untouched
@@ -241,12 +272,13 @@ def environment(device: torch.device) -> dict:
 
 def count_train_macs(build: Callable[[], nn.Module], input_shape: Tuple[int, int, int]) -> int:
     """MACs of one training step's forward + backward for one image (training mode, so auxiliary
-    heads count), on the meta device. About 3 x the forward: backward computes the gradients of
-    both the inputs and the weights of each layer."""
+    heads count), on the meta device. 3 x the forward less the first layer's share: backward
+    computes the gradients of each layer's input and weights, each costing the layer's forward,
+    except the image's, which nothing needs (nor the weights of frozen layers)."""
     with torch.device("meta"):
         model = build().train()
         x = torch.empty(2, *input_shape)  # 2: BatchNorm needs more than one value per channel
-    counter = FlopCounterMode(display=False)
+    counter = _flop_counter()
     with counter:
         out = model(x)
         logits = out[0] if isinstance(out, tuple) else out
@@ -269,7 +301,7 @@ def layer_table(build: Callable[[], nn.Module], input_shape: Tuple[int, int, int
 
     leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
     handles = [m.register_forward_hook(lambda mod, i, o, n=n: hook(mod, i, o, n)) for n, m in leaves]
-    counter = FlopCounterMode(display=False)
+    counter = _flop_counter()
     with counter, torch.no_grad():
         model(torch.empty(1, *input_shape, device="meta"))
     for h in handles:
