@@ -12,9 +12,11 @@ HYDRA_FULL_ERROR=1 or CNNBENCH_DEBUG=1.
 import argparse
 import difflib
 import functools
+import hashlib
 import importlib.resources
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -129,14 +131,37 @@ def _expand_sweeps(overrides: List[str]) -> List[List[str]]:
 _SWEPT_KEYS = "CNNBENCH_SWEPT_KEYS"
 
 
-def _sweep_subdir(task_overrides, swept: Optional[str] = None) -> str:
-    """A sweep job's folder name: only what differs between its jobs, e.g. model=resnet56,seed=1
-    (Hydra's override_dirname would repeat every fixed override too). swept: the keys, bound in
+# What a file name cannot hold on Linux, macOS or Windows (the separators, : * ? " < > | and control
+# characters), and % itself, the escape. Hydra's sweeps escape : as \: (trainer.device=cuda\:0).
+_UNSAFE = frozenset('%/\\:*?"<>|\x7f') | {chr(c) for c in range(32)}
+_NAME_MAX = 255  # bytes in one file name: ext4, XFS, APFS, and NTFS (255 UTF-16 units, fewer than bytes)
+
+
+def _differs(task_overrides, swept: Optional[str] = None) -> List[str]:
+    """The overrides of a sweep job that differ between its jobs, sorted. swept: the keys, bound in
     when the sweep is planned (Hydra ships resolvers to launcher processes), else from the
     environment."""
     swept = set((swept if swept is not None else os.environ.get(_SWEPT_KEYS, "")).split(","))
-    picked = sorted(o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") in swept)
-    return ",".join(picked).replace("/", "_") or "job"
+    return sorted(o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") in swept)
+
+
+def _folder_name(text: str) -> str:
+    """text as one valid file name, the same every time: unsafe characters percent-encoded
+    (data/x -> data%2Fx, which meets neither data_x nor a literal data%2Fx, that is data%252Fx), and
+    a name over 255 bytes cut to fit and ended with ~ and 8 hex digits of text's SHA-256."""
+    name = "".join(f"%{ord(c):02X}" if c in _UNSAFE else c for c in text)
+    if len(name.encode()) <= _NAME_MAX:
+        return name
+    tag = "~" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    head = name.encode()[:_NAME_MAX - len(tag)].decode(errors="ignore")  # no half character
+    return re.sub(r"%[0-9A-F]?$", "", head) + tag  # nor half an escape
+
+
+def _sweep_subdir(task_overrides, swept: Optional[str] = None) -> str:
+    """A sweep job's folder name: only what differs between its jobs, e.g. model=resnet56,seed=1
+    (Hydra's override_dirname would repeat every fixed override too), made a valid file name by
+    _folder_name. The job's full overrides are in its .hydra/overrides.yaml."""
+    return _folder_name(",".join(_differs(task_overrides, swept))) or "job"
 
 
 def _register_resolvers() -> None:
@@ -221,6 +246,7 @@ def plan_jobs(overrides: List[str], multirun: bool) -> tuple:
     _PLANNED["had"] = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else None  # the user's folder
     _PLANNED["sweep_dir"] = str(primary.hydra.sweep.dir)
     subdir = OmegaConf.to_container(primary.hydra.sweep, resolve=False).get("subdir")
+    _PLANNED["subdir"] = subdir
     _PLANNED["subdir_is_ours"] = "cnnbench_sweep_subdir" in str(subdir)  # else jobs' folders are the user's call
     _PLANNED["existing_ancestor"] = _nearest_existing(run_dir)  # a refused run cleans up to here
     _PLANNED["on_cluster"] = "slurm" in str(primary.hydra.launcher.get("_target_", "")).lower()
@@ -257,7 +283,6 @@ def _hold(run_dir: Path) -> None:
     run_dir, and the lock goes with the process however it ends. (One machine: two machines
     sharing a file system are not covered.)"""
     import fcntl
-    import hashlib
 
     from cnnbench import distributed
 
@@ -300,6 +325,53 @@ def _check_job_dir(cfg, job_dir: Path) -> None:
                             f"to skip completed jobs, or run the sweep in a new folder.")
 
 
+def _job_folder(job: List[str], num: int, hydra_args: List[str]) -> Optional[str]:
+    """The folder, below hydra.sweep.dir, that Hydra will give sweep job number num: cnnbench's own
+    name, or the user's hydra.sweep.subdir resolved as the launcher resolves it; None when that
+    cannot be known before the job runs (${hydra.job.id}, which a SLURM launcher sets, say)."""
+    if _PLANNED["subdir_is_ours"]:
+        return _sweep_subdir(job)
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    held = HydraConfig.instance().cfg
+    try:
+        cfg = compose("config", overrides=hydra_args + job, return_hydra_config=True)
+        cfg.hydra.job.num = num
+        HydraConfig.instance().set_config(cfg)  # for ${hydra:...}
+        return str(OmegaConf.select(cfg, "hydra.sweep.subdir", throw_on_missing=True))
+    except Exception:  # known only to the launcher: Hydra checks nothing there either
+        return None
+    finally:
+        HydraConfig.instance().cfg = held
+
+
+def _claim_folder(folders: dict, folder: str, num: int, job: List[str]) -> None:
+    """Refuse a sweep job whose folder an earlier job of the sweep has (folders: path -> (num, job)),
+    or whose name is longer than a file system takes: refused now, not when Hydra makes it mid-sweep."""
+    def named(n, overrides):  # as Hydra's log lists a job: #1 (seed=1)
+        return f"#{n} ({' '.join(_differs(overrides)) or ' '.join(overrides) or 'no overrides'})"
+
+    where = os.path.normpath(Path(_PLANNED["sweep_dir"], folder))
+    long = [part for part in Path(folder).parts if len(part.encode()) > _NAME_MAX]
+    if long:
+        raise CnnbenchError(f"hydra.sweep.subdir gives sweep job {named(num, job)} a folder name of "
+                            f"{len(long[0].encode())} bytes ({long[0][:40]}...); a file name takes at most "
+                            f"{_NAME_MAX}. Shorten the pattern, or leave hydra.sweep.subdir out: cnnbench's own "
+                            f"names are cut to fit.")
+    first = folders.setdefault(os.path.abspath(where), (num, job))
+    if first[0] == num:
+        return
+    fix = ("cnnbench names a job's folder by the values that differ between jobs, and these two have the "
+           "same ones: give each value once (seed=0,1, not seed=1,1)" if _PLANNED["subdir_is_ours"] else
+           f"hydra.sweep.subdir={_PLANNED['subdir']} names them alike, so the second would overwrite the "
+           f"first: make it name what differs (${{hydra.job.num}} or ${{hydra.job.override_dirname}}), or "
+           f"leave hydra.sweep.subdir out for cnnbench's own names (model=resnet56,seed=1)")
+    raise CnnbenchError(f"Sweep jobs {named(*first)} and {named(num, job)} would both write into {where}; "
+                        f"{fix}. Nothing was run.")
+
+
 def preflight(overrides: List[str], multirun: bool) -> None:
     """Compose and validate every job before Hydra creates any directory, so bad input leaves
     nothing behind and touches no earlier run. In a sweep, a job that composes but fails
@@ -321,7 +393,9 @@ def preflight(overrides: List[str], multirun: bool) -> None:
             if _debug():
                 raise
             raise CnnbenchError(explain_config_error(e)) from None
-        for job in jobs:
+        hydra_args = [o for o in overrides if _is_hydra_override(o)]
+        folders: dict = {}  # each job's folder, to refuse two jobs one folder
+        for num, job in enumerate(jobs):
             try:
                 cfg = _PLANNED.pop("config", None) or compose("config", overrides=job)
                 run.validate(cfg)
@@ -334,10 +408,13 @@ def preflight(overrides: List[str], multirun: bool) -> None:
                     raise
                 where = f" (sweep job {_sweep_subdir(job)})" if multirun else ""
                 raise CnnbenchError(explain_config_error(e) + where) from None
+            folder = _job_folder(job, num, hydra_args) if multirun else None
+            if folder is not None:
+                _claim_folder(folders, folder, num, job)
             if multirun and _COMMAND["name"] == "train" and _PLANNED["subdir_is_ours"]:
                 # A job folder whose run this job may not take up stops the sweep here, before Hydra
                 # rewrites any job's .hydra/ or the sweep's multirun.yaml.
-                _check_job_dir(cfg, Path(_PLANNED["sweep_dir"], _sweep_subdir(job)))
+                _check_job_dir(cfg, Path(_PLANNED["sweep_dir"], folder))
     GlobalHydra.instance().clear()
     run_dir = Path(_PLANNED["run_dir"])
     if not multirun and _COMMAND["name"] == "train":

@@ -1,7 +1,9 @@
 """Sweeps that survive real use: failed jobs recorded, re-runs skip or resume, joblib in parallel,
-profiles in their own processes."""
+profiles in their own processes, every job in a folder of its own."""
 
+import hashlib
 import json
+import mmap
 import os
 
 import pytest
@@ -116,9 +118,86 @@ def test_peak_memory_restarts_for_each_job():
     cpu = torch.device("cpu")
     run.measure.reset_peak_memory(cpu)  # forget what earlier tests in this process used
     base, _ = run.measure.peak_memory(cpu)
-    big = torch.ones(64 * 2**20 // 4)  # 64 MiB, returned to the system when freed (mmap)
+    # 64 MiB of fresh pages, given back on close: an anonymous mapping, not the allocator's (glibc
+    # may serve even a tensor this large from memory it already holds, so that the RSS does not grow)
+    big = mmap.mmap(-1, 64 * 2**20)
+    big.write(b"x" * len(big))  # touch every page
     high, _ = run.measure.peak_memory(cpu)
-    del big
+    big.close()
     run.measure.reset_peak_memory(cpu)
     low, _ = run.measure.peak_memory(cpu)
     assert high >= base + 60 * 2**20 and low < high - 32 * 2**20
+
+
+def test_job_folder_names_are_valid_distinct_and_the_same_every_time():
+    def name(*overrides, swept="dataset.root"):
+        return cli._sweep_subdir(["optimizer.lr=0.1", *overrides], swept=swept)  # lr: the same in every job
+
+    assert name("seed=1", "model=resnet18", swept="model,seed") == "model=resnet18,seed=1"  # as before
+    # percent-encoded, so data/x meets neither data_x nor a literal %2F
+    assert [name(f"dataset.root={r}") for r in ("data/x", "data_x", "data%2Fx")] == [
+        "dataset.root=data%2Fx", "dataset.root=data_x", "dataset.root=data%252Fx"]
+    assert name("trainer.device=cuda\\:0", swept="trainer.device") == "trainer.device=cuda%5C%3A0"  # Hydra's \:
+    assert name('dataset.root="a b"') == "dataset.root=%22a b%22"
+
+    def long(root):  # over 255 bytes: cut to fit, ended with a hash of the whole override
+        made = name(f"dataset.root={root}")
+        assert len(made.encode()) <= 255 and "/" not in made
+        assert made.endswith("~" + hashlib.sha256(f"dataset.root={root}".encode()).hexdigest()[:8])
+        return made
+
+    cuts = [long("/" * 300 + tail) for tail in ("a", "b", "xa", "xxa")]  # the cut falls in each place of %2F
+    assert len(set(cuts)) == 4 and all(c.startswith("dataset.root=%2F%2F") for c in cuts)
+    assert all(c.rsplit("~", 1)[0].endswith("%2F") for c in cuts)  # no half escape before the hash
+    # 255 - 9 (the hash) - 13 (dataset.root=) leaves 233 bytes: 116 é of 2 bytes, not half of a 117th
+    assert long("é" * 200).rsplit("~", 1)[0] == "dataset.root=" + "é" * 116
+
+
+def _image_folder(root):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for i in range(4):
+            (root / split / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(root / split / f"c{i % 2}" / f"{i}.png")
+
+
+def test_every_job_of_a_sweep_gets_a_folder_of_its_own(tmp_path):
+    """data/x and data_x once shared a folder (/ became _); a name over 255 bytes ended the sweep
+    with OSError. Now: four jobs, four folders, the same ones when the sweep runs again."""
+    roots = ["data/x", "data_x", "d" * 200 + "/" + "1" * 100, "d" * 200 + "/" + "2" * 100]
+    for root in roots:
+        _image_folder(tmp_path / root)
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", "dataset=imagefolder", "trainer=smoke", "dataset.image_size=32", "dataset.batch_size=2",
+            "dataset.num_workers=0", "dataset.mean=[0.5,0.5,0.5]", "dataset.std=[0.25,0.25,0.25]",
+            "trainer.progress=false", f"dataset.root={','.join(roots)}", f"hydra.sweep.dir={sweep}"]
+    r = cnnbench(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    folders = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert len(folders) == 4 and all(len(p.name.encode()) <= 255 for p in folders)
+    records = {read_results(p)["config"]["dataset"]["root"]: p for p in folders}
+    assert sorted(records) == sorted(roots)  # each job in its own folder, its full value in the record
+    assert records["data/x"].name == "dataset.root=data%2Fx" and records["data_x"].name == "dataset.root=data_x"
+    assert all(read_results(p)["status"] == "completed" for p in folders)
+    cut = records[roots[2]]
+    assert f"dataset.root={roots[2]}" in (cut / ".hydra" / "overrides.yaml").read_text()  # the full override
+
+    again = cnnbench(*args, cwd=tmp_path)  # the same names again, so the jobs are found and skipped
+    assert again.returncode == 0, again.stderr
+    assert sorted(p for p in sweep.iterdir() if p.is_dir()) == folders
+    assert again.stdout.count("already completed") == 4
+
+
+@pytest.mark.parametrize("overrides", [
+    ["seed=1,1"],
+    ["seed=0,1", "hydra.sweep.subdir=same"],
+    ["seed=0,1", "hydra.sweep.subdir=" + "x" * 300],
+], ids=["a value given twice", "a subdir pattern that names no difference", "a subdir name too long"])
+def test_jobs_without_a_folder_of_their_own_are_refused_before_anything_is_written(tmp_path, overrides):
+    sweep = tmp_path / "sweep"
+    r = cnnbench("train", "-m", *TINY, *overrides, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    said = " ".join(r.stderr.split())
+    assert r.returncode == 2 and "Traceback" not in r.stderr and said.startswith("error:"), r.stderr
+    assert ("would both write into" in said) != ("a file name takes at most 255" in said)
+    assert "#0 (seed=" in said and not sweep.exists()
