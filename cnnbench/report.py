@@ -5,8 +5,9 @@ a CSV, a Markdown table, and a report (Markdown and self-contained HTML) with pl
     cnnbench compare outputs/2024-05-01 multirun/ --out reports/
     cnnbench compare outputs/sweeps/x --filter 'model=resnet*' --columns run,top1_err,params --sort params
 
-`load_rows` turns the files into rows of raw numbers; `filter_rows`, `group_rows` (seeds averaged)
-and `sort_rows` select and order them; the `to_*` and `*_figure` functions only present them.
+`load_rows` turns the files into rows of raw numbers; `filter_rows`, `group_rows` (seeds averaged,
+the latest run of each seed) and `sort_rows` select and order them; the `to_*` and `*_figure`
+functions only present them.
 """
 
 import base64
@@ -113,9 +114,21 @@ def _run_name(results_file: Path, base: Path) -> str:
     return run_dir.name if rel == Path(".") else rel.as_posix()
 
 
+def _written(data: dict, f: Path) -> float:
+    """When the record was last written (seconds since the epoch): its `written_at`, or for records
+    from before it existed, the file's modification time."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(data["written_at"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return f.stat().st_mtime
+
+
 def load_rows(paths: list[str]) -> list[dict[str, Any]]:
     """One row per usable results.json below paths: raw values (keys: CSV_COLUMNS) plus the run's
-    `config` dict and per-epoch `history` list.
+    `config` dict, per-epoch `history` list and `written` (seconds since the epoch; `written_at`, else
+    the file's modification time): of two runs of one seed, the later written counts.
 
     Unusable files are skipped with a warning on stderr. Raises CnnbenchError when a path does
     not exist or nothing usable is found.
@@ -136,6 +149,7 @@ def load_rows(paths: list[str]) -> list[dict[str, Any]]:
         row["path"] = str(f)
         row["config"] = data.get("config") if isinstance(data.get("config"), dict) else {}
         row["history"] = [h for h in data.get("history") or [] if isinstance(h, dict)]
+        row["written"] = _written(data, f)
         rows.append(row)
     if not rows:
         where = ", ".join(f"'{p}'" for p in paths)
@@ -262,10 +276,25 @@ def _group_name(runs: list[dict[str, Any]]) -> str:
     return f"{runs[0]['run']} (+{len(runs) - 1} more)"
 
 
+def _latest_per_seed(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the latest run of each seed, the earlier runs of those seeds). A seed run again is one
+    measurement taken again, not another sample: with deterministic settings it repeats the same
+    numbers, and it is usually run again because something changed (the code, the machine), so the
+    run whose results.json was written last stands for its seed."""
+    latest: dict[str, dict[str, Any]] = {}
+    for r in sorted(runs, key=lambda r: (r.get("written", 0.0), r["path"])):  # ties: by path
+        latest[raw_text(r["seed"])] = r
+    counted = list(latest.values())
+    earlier = [r for r in runs if all(r is not c for c in counted)]
+    return counted, sorted(earlier, key=lambda r: (_seed_order(r), r.get("written", 0.0)))
+
+
 def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One row for a group of seeds: numbers averaged, sample standard deviation (n-1) in `std`."""
+    """One row for a group of seeds: the latest run of each seed counts (the earlier ones are kept
+    in `repeats`); numbers averaged, sample standard deviation (n-1) over distinct seeds in `std`."""
+    runs, repeats = _latest_per_seed(runs)
     runs = sorted(runs, key=_seed_order)
-    row = {**runs[0], "n_seeds": len(runs), "runs": runs, "std": {}}
+    row = {**runs[0], "n_seeds": len(runs), "runs": runs, "repeats": repeats, "std": {}}
     if len(runs) == 1:
         return row
     row.update(run=_group_name(runs), seed=", ".join(str(r["seed"]) for r in runs),
@@ -284,8 +313,9 @@ def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def group_rows(rows: list[dict[str, Any]], seeds: bool = True) -> list[dict[str, Any]]:
     """With seeds=True, runs that differ only in `seed` (same config otherwise, same status) become
-    one row: mean, sample standard deviation in row["std"], n_seeds, the runs in row["runs"].
-    With seeds=False every run is a row of its own (n_seeds = 1)."""
+    one row: mean, sample standard deviation in row["std"], n_seeds (distinct seeds), the runs
+    averaged in row["runs"]. Of several runs of one seed the latest counts; the earlier ones are in
+    row["repeats"] and in no figure. With seeds=False every run is a row of its own (n_seeds = 1)."""
     groups: dict[tuple, list] = {}
     for r in rows:
         groups.setdefault(_group_key(r) if seeds else ("run", r["path"]), []).append(r)
@@ -416,15 +446,38 @@ _STATUS_STYLE = {"failed": "red", "interrupted": "yellow", "running": "dim"}
 
 
 def _n_runs(rows: list[dict[str, Any]]) -> int:
-    return sum(r.get("n_seeds", 1) for r in rows)
+    """Every run the rows stand for, the repeats of a seed left out of them included."""
+    return sum(r.get("n_seeds", 1) + len(r.get("repeats", ())) for r in rows)
+
+
+def _grouping(rows: list[dict[str, Any]]) -> str:
+    """' in M row(s): how', or '' when every run is a row."""
+    if _n_runs(rows) == len(rows):
+        return ""
+    how = []
+    if any(r.get("n_seeds", 1) > 1 for r in rows):
+        how.append("runs that differ only in seed averaged")
+    n_repeats = sum(len(r.get("repeats", ())) for r in rows)
+    if n_repeats:
+        how.append(f"{n_repeats} earlier run(s) of a seed left out")
+    return f" in {len(rows)} row(s): {', '.join(how)}"
+
+
+def repeats_note(rows: list[dict[str, Any]]) -> str:
+    """'Left out: ...' naming the earlier runs of a seed that a row does not count, or ''."""
+    repeats = [r for row in rows for r in row.get("repeats", ())]
+    if not repeats:
+        return ""
+    return (f"Left out, as earlier runs of a seed that was run again: {', '.join(r['run'] for r in repeats)}. "
+            f"The run of each seed whose results.json was written last is the one counted; --no-group shows every run")
 
 
 def to_table(rows: list[dict[str, Any]], columns: list[Column] | None = None) -> Table:
     """A rich Table of the rows, formatted for people."""
     columns = columns or resolve_columns(None, rows)
-    n = _n_runs(rows)
-    title = f"cnnbench compare: {n} run(s)" + (f" in {len(rows)} row(s), seeds averaged" if n != len(rows) else "")
-    table = Table(title=title, caption=CAPTION)
+    note = repeats_note(rows)
+    table = Table(title=f"cnnbench compare: {_n_runs(rows)} run(s){_grouping(rows)}",
+                  caption=Text(CAPTION + (f"\n{note}." if note else "")))  # Text: run names are not markup
     for c in columns:
         # No wrapping: on a narrow screen rich shortens every column evenly (with "…"), which
         # reads better than names folded into slivers.
@@ -445,7 +498,8 @@ def to_markdown(rows: list[dict[str, Any]], columns: list[Column] | None = None)
     lines = [_md_line([c.header for c in columns]),
              "|" + "|".join("---:" if c.right else "---" for c in columns) + "|"]
     lines += [_md_line([c.cell(r) for c in columns]) for r in rows]
-    return "\n".join(lines) + f"\n\n{CAPTION}.\n"
+    note = repeats_note(rows)
+    return "\n".join(lines) + f"\n\n{CAPTION}.\n" + (f"\n{note}.\n" if note else "")
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -648,17 +702,15 @@ PLOTS = (  # (file name, title, figure function, values a point needs)
 
 def _selection_note(paths: list[str], filters: dict[str, list[str]], sort: str, descending: bool,
                     rows: list[dict[str, Any]]) -> str:
-    n = _n_runs(rows)
-    text = f"{n} run(s) below {', '.join(paths)}"
-    if n != len(rows):
-        text += f", in {len(rows)} rows: runs that differ only in seed are averaged"
+    text = f"{_n_runs(rows)} run(s) below {', '.join(paths)}{_grouping(rows)}"
     if filters:
         text += "; filtered by " + ", ".join(f"{k}={'|'.join(p)}" for k, p in filters.items())
     return text + f"; sorted by {sort}{' (descending)' if descending else ''}."
 
 
 def _not_completed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [run for r in rows for run in r.get("runs", [r]) if run["status"] != "completed"]
+    """Every run that did not complete, earlier runs of a seed included: the list is of runs."""
+    return [run for r in rows for run in [*r.get("runs", [r]), *r.get("repeats", ())] if run["status"] != "completed"]
 
 
 def _left_out(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> str:
@@ -706,6 +758,8 @@ def to_report_html(rows, columns, note: str, images: dict[str, bytes]) -> str:
              _html_table([c.header for c in columns],
                          [(r["status"] or "", [(c.cell(r), c.right) for c in columns]) for r in rows]),
              f"<p><small>{html.escape(CAPTION)}.</small></p>\n"]
+    if repeats_note(rows):
+        parts.append(f"<p>{html.escape(repeats_note(rows))}.</p>\n")
     for name, title, _, keys in PLOTS:
         if name in images:
             data = base64.b64encode(images[name]).decode("ascii")
@@ -776,7 +830,8 @@ def compare_main(paths: list[str], out: str | None, columns: list[str] | None = 
     [--sort COLUMN [--desc]] [--no-group]`: compare every run below PATHs (default outputs/).
 
     Keeps the runs matching every filter (shell-style patterns; a key given twice matches either),
-    averages runs that differ only in seed (mean ± sample std, n seeds), prints one table sorted
+    averages runs that differ only in seed (mean ± sample std over n distinct seeds; of a seed run
+    more than once, the run whose results.json was written last counts), prints one table sorted
     by SORT (default top-1 error, best first) and writes into DIR (default: the first PATH, or its
     folder if it is a file): comparison.csv (raw numbers, one row per run), comparison.md, and
     report.md / report.html with plots (PNGs beside them). Files that are not cnnbench results

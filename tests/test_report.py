@@ -2,6 +2,8 @@
 
 import csv
 import json
+import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -352,6 +354,91 @@ def test_seeds_are_grouped_mean_std_and_count(tmp_path):
 
     curve = {line.get_gid(): line for line in curves_figure(rows).axes[0].get_lines()}["lr=0.1,seed=*"]
     assert list(curve.get_ydata()) == pytest.approx([30.0, 10.0])  # epoch 1: mean of 20, 30, 40 %
+
+
+def written_at(run: Path, seconds: float) -> None:
+    """Set when run/results.json was last written (its modification time)."""
+    os.utime(run / "results.json", (seconds, seconds))
+
+
+def test_the_time_a_record_holds_beats_its_files_time(tmp_path):
+    """cnnbench stamps each results.json with written_at; `cp -r` gives the copies new modification
+    times, in whatever order it copied them, and the stamp still tells which run came last."""
+    from cnnbench import track
+
+    for name, err in (("first/seed=0", 0.04), ("second/seed=0", 0.05)):
+        (tmp_path / name).mkdir(parents=True)
+        track.write_results(tmp_path / name / "results.json", make_result(top1_err=err, config=config(seed=0)))
+    written_at(tmp_path / "second/seed=0", 1_000)  # copied first: the older file
+    written_at(tmp_path / "first/seed=0", 2_000)
+    (row,) = group_rows(load_rows([str(tmp_path)]))
+    assert (row["run"], row["top1_err"]) == ("second/seed=0", 0.05)
+
+
+def test_a_seed_run_three_times_is_one_seed_its_latest_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # wide enough that rich does not wrap the title
+    for name, err, when in (("a/seed=0", 0.043, 1_000), ("b/seed=0", 0.050, 3_000), ("[c]/seed=0", 0.047, 2_000)):
+        written_at(write_run(tmp_path, name, top1_err=err, config=config(seed=0)), when)
+
+    compare_main([str(tmp_path)], None)
+
+    (row,) = group_rows(load_rows([str(tmp_path)]))
+    assert row["n_seeds"] == 1 and row["seed"] == 0 and row["std"] == {}  # one seed: no spread to show
+    assert (row["run"], row["top1_err"]) == ("b/seed=0", 0.050)  # written last, though not last by name
+    assert [r["run"] for r in row["repeats"]] == ["a/seed=0", "[c]/seed=0"]
+    md = (tmp_path / "comparison.md").read_text()
+    table = md.split("\n\n")[0]
+    assert "| b/seed=0 | resnet18 | cifar10 | sgd | 0 | 1 |" in table and "| 5.00 |" in table and "±" not in table
+    note = "Left out, as earlier runs of a seed that was run again: a/seed=0, [c]/seed=0."
+    assert note in md
+    report_md = (tmp_path / "report.md").read_text()
+    assert "3 run(s) below " in report_md and "in 1 row(s): 2 earlier run(s) of a seed left out;" in report_md
+    assert note in report_md and "--no-group shows every run" in report_md
+    assert note in (tmp_path / "report.html").read_text()
+    out = " ".join(capsys.readouterr().out.split())
+    assert "cnnbench compare: 3 run(s) in 1 row(s): 2 earlier run(s) of a seed left out" in out and note in out
+    assert len(read_csv(tmp_path)) == 3  # the CSV keeps every run
+
+    compare_cli([str(tmp_path), "--no-group"])
+    md = (tmp_path / "comparison.md").read_text()
+    assert all(f"| {name} |" in md for name in ("a/seed=0", "b/seed=0", "[c]/seed=0")) and "Left out" not in md
+
+
+def test_a_repeated_seed_among_others_counts_once_in_mean_std_and_n(tmp_path, real_plots):
+    old = write_run(tmp_path, "old/lr=0.1,seed=0", top1_err=0.10, config=config(seed=0),
+                    history=history([0.2, 0.1], [0.2, 0.10]))
+    new = write_run(tmp_path, "lr=0.1,seed=0", top1_err=0.30, config=config(seed=0),
+                    history=history([0.4, 0.3], [0.4, 0.30]))
+    one = write_run(tmp_path, "lr=0.1,seed=1", seed=1, top1_err=0.20, config=config(seed=1),
+                    history=history([0.3, 0.2], [0.3, 0.20]))
+    for run, when in ((old, 1_000), (new, 2_000), (one, 1_500)):
+        written_at(run, when)
+
+    (row,) = group_rows(load_rows([str(tmp_path)]))
+
+    assert (row["run"], row["seed"], row["n_seeds"]) == ("lr=0.1,seed=*", "0, 1", 2)
+    assert row["top1_err"] == pytest.approx(0.25)  # 0.30 and 0.20: the earlier 0.10 is left out
+    assert row["std"]["top1_err"] == pytest.approx(statistics.stdev([0.30, 0.20]))
+    assert [r["run"] for r in row["repeats"]] == ["old/lr=0.1,seed=0"]
+    val = {line.get_gid(): line for line in curves_figure([row]).axes[1].get_lines()}["lr=0.1,seed=*"]
+    assert list(val.get_ydata()) == pytest.approx([35.0, 25.0])
+    bars = [seg[:, 1] for c in bubble_figure([row]).axes[0].collections if c.get_gid() != "runs"
+            for seg in c.get_segments() if seg[0, 1] != seg[1, 1]]  # the vertical error bar
+    assert [sorted(b) for b in bars] == [pytest.approx([25.0 - 100 * row["std"]["top1_err"],
+                                                        25.0 + 100 * row["std"]["top1_err"]])]
+
+
+def test_every_failed_run_of_a_seed_is_listed(tmp_path):
+    for name, when in (("try1", 1_000), ("try2", 2_000)):
+        written_at(write_run(tmp_path, name, status="failed", error=f"{name} ran out of memory", top1_err=None,
+                             config=config(seed=0)), when)
+
+    compare_main([str(tmp_path)], None)
+
+    md = (tmp_path / "report.md").read_text()
+    table = [line for line in md.split("## ")[0].splitlines() if line.startswith("|")]
+    assert len(table) == 2 + 1 and table[2].startswith("| try2 |")  # one row: the latest
+    assert "| try1 | failed | try1 ran out of memory |" in md and "| try2 | failed | try2 ran out of memory |" in md
 
 
 def test_no_group_and_runs_without_config_stay_apart(tmp_path):
