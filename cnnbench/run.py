@@ -44,7 +44,7 @@ _OPTIMIZERS = {
 _OPTIONAL_OPTIMIZER_KEYS = ("momentum", "nesterov", "betas", "eps", "alpha")
 # What a checkpoint carries of results.json, so a resumed run reports the whole run.
 _RESUMED_KEYS = ("history", "best_top1_err", "best_epoch", "top1_err", "top5_err", "loss", "epochs",
-                 "wall_time_s", "train_images_per_s")
+                 "wall_time_s", "train_images_per_s", "schedule_changes")
 # What a resumed run may change: how long it trains and how it is watched, not what it computes.
 _RESUMABLE_CHANGES = {"trainer.epochs", "trainer.eval_every", "trainer.log_every_steps", "trainer.max_eval_steps",
                       "trainer.checkpoint", "trainer.checkpoint_every_steps", "trainer.log_grad_norms",
@@ -140,7 +140,9 @@ def validate(cfg: DictConfig) -> None:
     classes = d.num_classes  # imagefolder: null, one class per folder under root/train
     train_dir = Path(d.root).expanduser() / "train"
     if classes is None and _value(d.name) == "imagefolder" and train_dir.is_dir():
-        classes = sum(1 for p in train_dir.iterdir() if p.is_dir())
+        from cnnbench.data.folder import class_folders
+
+        classes = len(class_folders(train_dir))
     if m.num_classes is not None and m.num_classes < 1:
         raise CnnbenchError(f"model.num_classes={m.num_classes} must be at least 1. Leave it unset: it follows "
                             f"the dataset.")
@@ -149,6 +151,11 @@ def validate(cfg: DictConfig) -> None:
             f"model.num_classes={m.num_classes} is fewer than the {classes} classes of dataset={_value(d.name)}: "
             f"labels up to {classes - 1} would have no output. Leave model.num_classes unset (it "
             f"follows the dataset) or set it to {classes} or more.")
+    _refuse_unused_settings(cfg)
+    if _value(d.name) == "imagefolder" and d.in_channels not in (1, 3):
+        raise CnnbenchError(f"dataset.in_channels={d.in_channels}: dataset=imagefolder reads images as grey (1) "
+                            f"or RGB (3). Set dataset.in_channels=1 or 3, with as many dataset.mean and dataset.std "
+                            f"values.")
     if len(d.mean) != d.in_channels or len(d.std) != d.in_channels or min(d.std) <= 0:
         raise CnnbenchError(f"dataset.mean and dataset.std need one value per channel "
                             f"({d.in_channels}), std > 0; got mean={list(d.mean)} std={list(d.std)}.")
@@ -211,6 +218,34 @@ def validate(cfg: DictConfig) -> None:
     dev = t.device
     if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise CnnbenchError(f"trainer.device={dev!r} is not a device. Use auto, cpu, cuda or cuda:N.")
+
+
+# Settings that only some choices read, by the choice that reads them (other choices leave them at
+# the schema's default): set for another choice, they would be recorded and ignored, so they are refused.
+_USED_ONLY_BY = {
+    "scheduler.warmup_epochs": ("scheduler", ("cosine",)), "scheduler.min_lr_ratio": ("scheduler", ("cosine",)),
+    "scheduler.step_epochs": ("scheduler", ("step",)), "scheduler.gamma": ("scheduler", ("step",)),
+    "scheduler.pct_start": ("scheduler", ("onecycle",)), "scheduler.div_factor": ("scheduler", ("onecycle",)),
+    "dataset.num_workers": ("dataset", ("imagefolder",)),  # in-memory datasets use no workers
+}
+
+
+def _refuse_unused_settings(cfg: DictConfig) -> None:
+    """A setting is honoured or refused, never recorded and ignored (_USED_ONLY_BY, and a
+    mid-epoch checkpoint interval without checkpoints)."""
+    from cnnbench.config import Config
+
+    defaults = OmegaConf.structured(Config)
+    for key, (group, users) in _USED_ONLY_BY.items():
+        chosen = _value(cfg[group].name)
+        if chosen not in users and OmegaConf.select(cfg, key) != OmegaConf.select(defaults, key):
+            raise CnnbenchError(f"{key}={OmegaConf.select(cfg, key)} does not apply to {group}={chosen}: only "
+                                f"{' and '.join(f'{group}={u}' for u in users)} read(s) it. Remove {key}=..., or "
+                                f"choose {group}={users[0]}.")
+    t = cfg.trainer
+    if t.checkpoint_every_steps and not t.checkpoint:
+        raise CnnbenchError(f"trainer.checkpoint_every_steps={t.checkpoint_every_steps} saves checkpoints inside an "
+                            f"epoch, but trainer.checkpoint=false writes none. Remove one of the two.")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -529,6 +564,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     train_loader, val_loader, data = build_data(OmegaConf.to_object(d), device, cfg.seed, image_size,
                                                 world.rank, world.size)
     num_classes = m.num_classes if m.num_classes is not None else data.num_classes
+    log.info(f"{len(data.classes)} classes (index name: train/val images): " + ", ".join(
+        f"{c['index']} {c['name']}: {c['train_images']}/{c['val_images']}" for c in data.classes))
     input_shape = (data.in_channels, image_size, image_size)
 
     options = model_options(m)
@@ -596,6 +633,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "compile_s": None, "data_wait_s": None, "compute_s": None, "mfu": None,
         "mfu_note": measure.mfu_note(device, amp),
         "train_images": data.train_size, "val_images": data.val_size, "data_source": data.source,
+        "classes": data.classes,  # [{index, name, train_images, val_images}]
+        "schedule_changes": [],  # resumes that changed trainer.epochs: the schedule recomputed (_extend_schedule)
         "data_bytes": data.bytes,  # in-memory datasets: held on the device, so part of peak_memory_bytes
         "epochs": 0, "top1_err": None, "top5_err": None, "loss": None,
         "best_top1_err": None, "best_epoch": None, "wall_time_s": 0.0, "history": [],
@@ -613,6 +652,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         if checkpoint.get("epoch_state"):  # saved inside an epoch: go on from that batch
             resumed_epoch = engine.EpochState(**checkpoint["epoch_state"])
         results.update(checkpoint["results"])
+        _extend_schedule(checkpoint, optimizer, scheduler, s, t.epochs, global_step, results)
         prior_wall = results["wall_time_s"]
         where = f", batch {resumed_epoch.step + 1}" if resumed_epoch else ""
         log.info(f"Resuming {run.dir} at epoch {start_epoch + 1}{where} (step {global_step}).")
@@ -705,6 +745,10 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                     improved = False
                 tb.scalars({"images_per_s": stats["images_per_s"]}, global_step)
                 results["history"].append(row)
+                # images actually used: less the unreadable files of an image folder (each replaced by a
+                # readable one) and any batch left out short (summed over torchrun's processes)
+                left_out = torch.tensor([float(getattr(train_loader, "left_out", 0))], device=device)
+                results["train_images"] = data.train_size - int(distributed.all_sum(left_out))
                 results["epochs"] = epoch + 1
                 results["skipped_steps"] = sum(r.get("skipped_steps") or 0 for r in results["history"])
                 rates = [r["images_per_s"] for r in results["history"] if r["images_per_s"]]
@@ -775,6 +819,31 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
          "images_per_s": results["train_images_per_s"]})
     tb.close()
     return results
+
+
+def _extend_schedule(checkpoint: dict, optimizer, scheduler, s, epochs: int, step: int, results: dict) -> None:
+    """A resume that changes trainer.epochs changes the learning-rate schedule's length: onecycle
+    and cosine are recomputed for the new number of epochs, so that the remaining steps follow a
+    run planned for that many epochs from the start (the steps already taken followed the old
+    plan; step and none do not depend on the length). The learning rate at this step is set from
+    the new plan now, rather than jumping at the next step, and the change is logged and recorded
+    in results["schedule_changes"]."""
+    before = (checkpoint.get("config") or {}).get("trainer", {}).get("epochs")
+    if before is None or before == epochs:
+        return
+    old_lr = optimizer.param_groups[0]["lr"]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    new_lr = optimizer.param_groups[0]["lr"]
+    results["schedule_changes"] = [*(results.get("schedule_changes") or []), {
+        "step": step, "epochs_before": before, "epochs_after": epochs, "lr_before": old_lr, "lr_after": new_lr}]
+    name = _value(s.name)
+    if name in ("onecycle", "cosine"):
+        log.warning(f"trainer.epochs is now {epochs}, was {before}: the {name} schedule is recomputed for {epochs} "
+                    f"epochs, from this step on as if the run had been planned for {epochs} from the start (the "
+                    f"steps so far followed the {before}-epoch plan). At step {step} the learning rate goes from "
+                    f"{old_lr:.3g} to {new_lr:.3g}. results.json records it in schedule_changes.")
 
 
 def _epoch_line(row: dict, epochs: int) -> str:

@@ -85,7 +85,13 @@ def _json_safe(value):
 
 
 def write_results(path, results: Dict[str, Any]) -> None:
-    record = {"format": RESULTS_FORMAT, "format_version": RESULTS_FORMAT_VERSION, **results}
+    """results.json, atomically, stamped with the time of this write (`written_at`, UTC, ISO 8601):
+    of two runs of one seed, `compare` counts the later one, and a copy keeps the time (cp resets
+    a file's own)."""
+    from datetime import datetime, timezone
+
+    record = {"format": RESULTS_FORMAT, "format_version": RESULTS_FORMAT_VERSION, **results,
+              "written_at": datetime.now(timezone.utc).isoformat(timespec="microseconds")}
     atomic_write_text(path, json.dumps(_json_safe(record), indent=2) + "\n")
 
 
@@ -168,6 +174,11 @@ def forget_kept() -> None:
     _KEPT.clear()
 
 
+# TensorBoard reads every file whose name holds "tfevents", in name order: this one, the run's
+# HPARAMS record, sorts after the writer's own (events.out.tfevents.<seconds>.<host>...).
+HPARAMS_FILE = "events.out.tfevents.hparams"
+
+
 class TensorBoard:
     """Scalars while training, the first convolution's filters as images, and one hparams record
     at the end, in the run directory itself (so `tensorboard --logdir outputs` names each run by
@@ -177,6 +188,7 @@ class TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step: on resume, drop events at or after this step left by the killed run.
+        self.log_dir = Path(log_dir)
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def scalars(self, values: Dict[str, float], step: int) -> None:
@@ -206,11 +218,28 @@ class TensorBoard:
         self.writer.add_image(f"filters/{name}", grid, step)
 
     def hparams(self, hparams: Dict[str, Any], metrics: Dict[str, float]) -> None:
+        """The run's one HPARAMS record, in an event file of its own, HPARAMS_FILE, which a later
+        call replaces whole: a run resumed to train longer keeps one record, with its final settings
+        and results (TensorBoard would list every record a run's files hold)."""
+        import shutil
+
+        from torch.utils.tensorboard.summary import hparams as hparams_summary, scalar
+        from torch.utils.tensorboard.writer import FileWriter
+
         # Booleans as "true"/"false", as in the config: torch would record them as the numbers 0 and 1.
         hp = {k: (str(v).lower() if isinstance(v, bool) else v if isinstance(v, (int, float, str)) else str(v))
               for k, v in hparams.items()}
         mt = {f"hparam/{k}": v for k, v in metrics.items() if v is not None}
-        self.writer.add_hparams(hp, mt, run_name=".")  # "." = this run's folder, not a new one
+        scratch = Path(tempfile.mkdtemp(prefix=".hparams-", dir=self.log_dir))
+        try:
+            writer = FileWriter(str(scratch))  # what SummaryWriter.add_hparams writes, into one file
+            for summary in (*hparams_summary(hp, mt), *(scalar(k, v) for k, v in mt.items())):
+                writer.add_summary(summary)
+            writer.close()
+            (written,) = scratch.glob("*tfevents*")
+            os.replace(written, self.log_dir / HPARAMS_FILE)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def close(self) -> None:
         self.writer.close()

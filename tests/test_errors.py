@@ -75,6 +75,11 @@ BAD_TRAIN_INPUTS = [
     (["hydra/launcher=nosuch"], "Unknown hydra/launcher 'nosuch'. Known: basic, joblib"),
     (["hydra.nosuch=1"], "hydra.nosuch is not a Hydra setting"),
     (["=5"], "Overrides look like group=option or key=value"),
+    (["scheduler.gamma=0.5"], "scheduler.gamma=0.5 does not apply to scheduler=onecycle: only scheduler=step read"),
+    (["scheduler=cosine", "scheduler.pct_start=0.3"], "scheduler.pct_start=0.3 does not apply to scheduler=cosine"),
+    (["dataset.num_workers=8"], "dataset.num_workers=8 does not apply to dataset=synthetic: only dataset=imagefolder"),
+    (["trainer.checkpoint=false", "trainer.checkpoint_every_steps=5"],
+     "trainer.checkpoint_every_steps=5 saves checkpoints inside an epoch, but trainer.checkpoint=false writes none"),
 ]
 
 
@@ -195,8 +200,8 @@ def half(path: Path) -> None:
     path.write_bytes(data[:len(data) // 2])
 
 
-IMAGEFOLDER = ["dataset=imagefolder", "model=lenet5", "dataset.image_size=32", "dataset.num_workers=0",
-               "dataset.batch_size=2", "trainer=smoke"]
+IMAGEFOLDER = ["dataset=imagefolder", "dataset.image_size=32", "dataset.num_workers=0", "dataset.batch_size=2",
+               "trainer=smoke"]
 
 
 def _mnist_root_missing(tmp):
@@ -233,6 +238,11 @@ def _folder_classes_differ(tmp):
         f.unlink()
     (tmp / "imgs" / "val" / "dog").rmdir()
     return [*IMAGEFOLDER, f"dataset.root={tmp / 'imgs'}"]
+
+
+def _folder_of_four_channels(tmp):
+    return [*IMAGEFOLDER, f"dataset.root={png_folder(tmp / 'imgs')}", "dataset.in_channels=4",
+            "dataset.mean=[0.5,0.5,0.5,0.5]", "dataset.std=[0.5,0.5,0.5,0.5]"]
 
 
 def _folder_smaller_than_a_batch(tmp):
@@ -272,7 +282,8 @@ BAD_FILES = [  # (make the files and return the arguments, the start of the mess
     (_folder_root_missing, "dataset=imagefolder needs nowhere/train, a folder with one sub-folder of images"),
     (_folder_root_empty, "/empty/train, a folder with one sub-folder of images per class, and it does not exist"),
     (_folder_without_images, "dataset=imagefolder could not read"),
-    (_folder_classes_differ, "/imgs/train and"),
+    (_folder_classes_differ, "/imgs/val have different class folders: dog only in "),
+    (_folder_of_four_channels, "dataset.in_channels=4: dataset=imagefolder reads images as grey (1) or RGB (3)"),
     (_folder_smaller_than_a_batch, "/imgs/train has 8 images, fewer than one batch of dataset.batch_size=64"),
     (_folder_fewer_model_classes, "model.num_classes=1 is fewer than the 2 classes of dataset=imagefolder"),
     (_weights_of_another_architecture,  # LeNet-5's tensors and the ResNet's, by name
@@ -375,19 +386,26 @@ def test_refused_resume_leaves_the_runs_hydra_config_alone(earlier_lenet5, capsy
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_unreadable_images_are_skipped_counted_and_logged(workers, tmp_path, monkeypatch):
+    """ResNet-20 has BatchNorm, which refuses a one-image batch in training: with batches of 2, the
+    run completes only if an unreadable file's batch is refilled to 2."""
     monkeypatch.chdir(tmp_path)
     root = png_folder(tmp_path / "imgs")
     half(root / "train" / "cat" / "0.png")  # truncated
     (root / "train" / "dog" / "1.png").write_bytes(b"not an image at all")  # garbage
     (root / "val" / "dog" / "0.png").write_bytes(b"")  # empty
     run_dir = tmp_path / "outputs" / "run"
-    args = [*IMAGEFOLDER, f"dataset.root={root}", f"dataset.num_workers={workers}", f"hydra.run.dir={run_dir}"]
+    args = [*IMAGEFOLDER, "model=resnet20", f"dataset.root={root}", f"dataset.num_workers={workers}",
+            f"hydra.run.dir={run_dir}", "trainer.max_steps_per_epoch=0"]
     assert cli.main(["train", *args]) == 0
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and results["val_images"] == 3  # 4 val images, 1 skipped
+    assert results["train_images"] == 6  # 8 files, 2 unreadable: the images actually used
     log = (run_dir / "train.log").read_text()
-    assert f"2 unreadable image(s) skipped in {root / 'train'} this pass, e.g. {root / 'train'}/" in log
-    assert f"1 unreadable image(s) skipped in {root / 'val'} this pass, e.g. {root / 'val' / 'dog' / '0.png'}" in log
+    assert (f"2 unreadable image(s) skipped in {root / 'train'} this pass (each replaced by the next readable "
+            f"image of the split, so that every batch keeps its size), e.g. {root / 'train' / 'cat' / '0.png'} "
+            f"(") in log
+    assert (f"1 unreadable image(s) skipped in {root / 'val'} this pass, e.g. {root / 'val' / 'dog' / '0.png'} "
+            f"(UnidentifiedImageError: cannot identify image file)") in log
 
 
 def test_a_folder_of_unreadable_images_stops_with_a_path(tmp_path, monkeypatch, capsys):

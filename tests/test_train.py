@@ -139,6 +139,29 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_training_longer_recomputes_the_schedule_says_so_and_keeps_one_hparams_record(tmp_path, caplog):
+    """onecycle, 1 epoch, then resumed to 2: the learning rate at the resumed step is the 2-epoch
+    plan's (not the 1-epoch plan's 4e-7, then a jump at the next step), the log and the record say
+    so, and TensorBoard's HPARAMS record is the run's final one (epochs=2), alone."""
+    run_dir = tmp_path / "r"
+    run.train(compose_cfg(*TINY, "trainer.epochs=1"), run_dir)
+    r = run.train(compose_cfg(*TINY, "trainer.epochs=2", "trainer.resume=true"), run_dir)
+    cfg = compose_cfg(*TINY, "trainer.epochs=2")
+    opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=cfg.optimizer.lr)
+    plan = run.build_scheduler(opt, cfg.scheduler, cfg.optimizer.lr, 2, 4)  # 2 epochs of 4 steps
+    (change,) = r["schedule_changes"]
+    assert (change["step"], change["epochs_before"], change["epochs_after"]) == (4, 1, 2)
+    assert change["lr_before"] < 1e-6 and math.isclose(change["lr_after"], cfg.optimizer.lr * plan.lr_lambdas[0](4))
+    assert math.isclose(r["history"][1]["lr"], cfg.optimizer.lr * plan.lr_lambdas[0](8))
+    assert "the onecycle schedule is recomputed for 2 epochs" in caplog.text
+    hp = PluginEventAccumulator(str(run_dir))
+    hp.Reload()
+    start = hp.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
+    assert hparams["epochs"].number_value == 2
+    assert [e.tensor_proto.float_val[0] for e in hp.Tensors("hparam/top1_err")] == [pytest.approx(r["top1_err"])]
+
+
 @pytest.mark.parametrize("model_args", [["model=lenet5", "model.classic=true"],
                                         ["model=resnet18", "model.stem=small", "model.norm=group",
                                          "dataset.image_size=8"]])

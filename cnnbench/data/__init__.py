@@ -26,6 +26,7 @@ class DataInfo:
     val_size: int  # images in the validation split used
     source: str  # where the files were read from ("generated" for synthetic)
     bytes: int = 0  # the uint8 images and labels held on the training device (in-memory datasets)
+    classes: Optional[list] = None  # [{index, name, train_images, val_images}], for the log and the record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ def _load_mnist_like(name: str, root: Path, download: bool):
         paths = [_idx_path(folder, stem) for stem in _IDX_FILES]
         if all(paths):
             x_tr, y_tr, x_va, y_va = (_read_idx_cached(p) for p in paths)
-            return (x_tr[:, None], y_tr.long(), x_va[:, None], y_va.long()), str(folder)
+            return (x_tr[:, None], y_tr.long(), x_va[:, None], y_va.long()), str(folder), _names(tv_name)
     if download:
         import torchvision.datasets as tvd
 
@@ -92,6 +93,12 @@ def _load_mnist_like(name: str, root: Path, download: bool):
             _missing(name, candidates, f"the download failed ({_one_line(e)})")
         return _load_mnist_like(name, root, download=False)
     _missing(name, candidates, "download is off (dataset.download=false)")
+
+
+def _names(tv_name: str) -> List[str]:
+    import torchvision.datasets as tvd
+
+    return list(getattr(tvd, tv_name).classes)  # e.g. FashionMNIST: "T-shirt/top", "Trouser", ...
 
 
 def _one_line(e: Exception) -> str:
@@ -129,7 +136,7 @@ def _load_cifar(name: str, root: Path, download: bool):
     def to_tensors(ds):  # (N, 32, 32, 3) uint8 numpy -> (N, 3, 32, 32)
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
 
-    return (*to_tensors(tr), *to_tensors(va)), str(folder)
+    return (*to_tensors(tr), *to_tensors(va)), str(folder), list(tr.classes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +161,7 @@ def _make_synthetic(num_classes: int, channels: int, size: int, n_train: int, n_
             x[i:i + 1024] = noise.mul_(40).add_(patterns[y[i:i + 1024]], alpha=40).add_(128).round_().clamp_(0, 255)
         return x, y
 
-    return (*split(n_train), *split(n_val)), "generated"
+    return (*split(n_train), *split(n_val)), "generated", None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,11 +180,11 @@ def build_data(conf, device: torch.device, seed: int, image_size: int, rank: int
         return build_imagefolder(conf, device, seed, image_size, rank, world)
     root = Path(os.path.expanduser(conf.root))
     if name in _MNIST_LIKE:
-        tensors, source = _load_mnist_like(name, root, conf.download)
+        tensors, source, names = _load_mnist_like(name, root, conf.download)
     elif name in ("cifar10", "cifar100"):
-        tensors, source = _load_cifar(name, root, conf.download)
+        tensors, source, names = _load_cifar(name, root, conf.download)
     elif name == "synthetic":
-        tensors, source = _make_synthetic(conf.num_classes, conf.in_channels, image_size,
+        tensors, source, names = _make_synthetic(conf.num_classes, conf.in_channels, image_size,
                                           conf.train_size or 1024, conf.val_size or 256, seed, device)
     else:
         raise CnnbenchError(f"Unknown dataset {name!r}.")
@@ -203,7 +210,15 @@ def build_data(conf, device: torch.device, seed: int, image_size: int, rank: int
         each = f" on each of {world} processes" if world > 1 else ""
         raise CnnbenchError(f"The training split has {len(x_tr)} images, fewer than one batch of "
                             f"dataset.batch_size={conf.batch_size}{each}. Lower the batch size or use more data.")
-    n_classes = int(y_tr.max()) + 1 if conf.num_classes is None else conf.num_classes
+    labels = max(int(y_tr.max()), int(y_va.max()) if len(y_va) else 0) + 1  # classes the labels name
+    n_classes = labels if conf.num_classes is None else conf.num_classes
+    if n_classes < labels:
+        raise CnnbenchError(f"dataset.num_classes={conf.num_classes}, but the labels of dataset={name} go up to "
+                            f"{labels - 1}: {labels} classes. Leave dataset.num_classes at its default ({labels}).")
+    names = (names or [])[:n_classes] + [str(i) for i in range(len(names or []), n_classes)]
+    counts = [torch.bincount(y, minlength=n_classes).tolist() for y in (y_tr, y_va)]
+    classes = [{"index": i, "name": n, "train_images": counts[0][i], "val_images": counts[1][i]}
+               for i, n in enumerate(names)]
     held = sum(t.numel() * t.element_size() for t in (x_tr, y_tr, x_va, y_va))
     return train, val, DataInfo(n_classes, conf.in_channels, image_size, train.num_samples,
-                                len(x_va), source, held)
+                                len(x_va), source, held, classes)

@@ -2,52 +2,205 @@
 for memory: decoded and cropped by DataLoader workers, copied to the device from pinned memory
 without blocking, normalised there.
 
-An image that cannot be decoded (truncated, corrupt, not an image) is left out of its batch and
-counted; each pass over a split logs how many were skipped, with one path. A pass in which no
-image at all can be read stops the run with that path."""
+What enters the model is what an image viewer shows of what the user has:
+- Class folders are the sub-folders of train/ and val/, less those that tools, notebooks, version
+  control and operating systems leave behind (`ignored`); files inside such folders, and hidden
+  files, are not images either. Every run logs the class list and records it (`classes`).
+- Every pixel type PIL reads is scaled to 0-255 by its full range (`to_8bit`): 16-bit and 32-bit
+  images are never clipped. The EXIF orientation a camera writes is applied.
+- Each training image's random crop and flip are drawn from a generator seeded with (seed, epoch,
+  image index): the same draws whatever the number of DataLoader workers or processes, and
+  wherever a run was resumed.
+- An image that cannot be decoded (truncated, corrupt, not an image) is counted and logged with
+  one path and why. In training it is replaced by the next readable image of the split, so every
+  batch keeps its size (BatchNorm cannot train on one image); in evaluation it is left out. A
+  pass in which no image at all can be read stops the run with that path."""
 
 import itertools
 import logging
 import os
 from pathlib import Path
+from typing import List, Sequence
 
+import numpy as np
 import torch
+from PIL import Image, ImageOps
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler, Subset
 from torchvision import datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from cnnbench.data.memory import Normalize
 from cnnbench.errors import CnnbenchError
 
 log = logging.getLogger("cnnbench")
 
+# ---------------------------------------------------------------------------------------------
+# What is a class, what is an image
+# ---------------------------------------------------------------------------------------------
 
-class SkippingImageFolder(datasets.ImageFolder):
-    """torchvision's ImageFolder, except that a file that cannot be decoded gives (None, label,
-    path) instead of raising in a worker and ending the run."""
+# Names that tools leave beside the data: never a class, never an image. Besides these, every name
+# starting with "." (.ipynb_checkpoints, .git, .svn, .DS_Store, macOS's ._* copies, .Trash-1000)
+# or "__" (__MACOSX from zip files, __pycache__).
+IGNORED_NAMES = {"@eaDir",  # Synology's thumbnails
+                 "$RECYCLE.BIN", "System Volume Information", "Thumbs.db", "desktop.ini",  # Windows
+                 "lost+found"}  # ext2/3/4 file systems
 
-    def __getitem__(self, index: int):
-        path, target = self.samples[index]
-        try:
-            image = self.loader(path)  # PIL decodes here: truncated or corrupt files raise
-        except Exception:  # OSError, SyntaxError, ValueError, DecompressionBombError, ...
-            return None, target, path
-        return self.transform(image), target, None
+
+def ignored(name: str) -> bool:
+    """Whether a file or folder name is one that tools leave behind, not data."""
+    return name.startswith((".", "__")) or name in IGNORED_NAMES
+
+
+def class_folders(split: Path) -> List[str]:
+    """The class names of a split (train/ or val/): its sub-folders, sorted, less the ignored ones."""
+    return sorted(e.name for e in os.scandir(split) if e.is_dir() and not ignored(e.name))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixels: any depth PIL reads, scaled by its range; the orientation the file declares
+# ---------------------------------------------------------------------------------------------
+
+def _pixel_range(im: Image.Image, a: np.ndarray):
+    """(lo, hi, a) of a 16- or 32-bit image: the range its pixel type spans, as the file declares
+    it where PIL keeps that (TIFF's BitsPerSample, SampleFormat and SMin/SMaxSampleValue tags;
+    a PNG is at most 16 bits). im: the image as opened (a copy has no tags). Raises ValueError
+    for float pixels outside the range."""
+    tags = getattr(im, "tag_v2", {})
+
+    def tag(number, default):
+        value = tags.get(number, default)
+        return value[0] if isinstance(value, tuple) else value
+
+    if im.mode.startswith("I;16"):  # 16-bit unsigned grey, however stored (I;16, I;16B, ...)
+        return 0, 65535, a
+    if im.mode == "I":  # 32-bit signed in PIL; 16-bit PNGs were read as I by Pillow before 10.0
+        bits = 16 if im.format == "PNG" else int(tag(258, 32))
+        if im.format == "PNG" or tag(339, 1) == 1:  # SampleFormat 1: unsigned
+            return 0, 2**bits - 1, a.view(np.uint32) if bits == 32 else a
+        return -2**(bits - 1), 2**(bits - 1) - 1, a
+    lo, hi = float(tag(340, 0.0)), float(tag(341, 1.0))  # F: float pixels, 0-1 unless the file says
+    if a.size and not (lo <= float(a.min()) and float(a.max()) <= hi):
+        raise ValueError(f"32-bit float pixels from {float(a.min()):g} to {float(a.max()):g}, outside "
+                         f"{lo:g}-{hi:g}; save it as 0-1 floats or as 8/16-bit integers")
+    return lo, hi, a
+
+
+def to_8bit(im: Image.Image, opened: Image.Image = None) -> Image.Image:
+    """A PIL image with 8 bits per channel. 16-bit grey (I;16*), 32-bit integer (I) and 32-bit float
+    (F) pixels are scaled from the range of their type to 0-255 and rounded: a 16-bit pixel of
+    30,146 (46% grey) becomes 117. PIL's own convert("RGB") clips such pixels at 255, so that a
+    16-bit image arrives white. Modes of 8 bits or fewer a channel (1, L, P, RGB, RGBA, CMYK, ...;
+    PIL reads 16-bit colour PNGs as RGB, keeping each value's high byte) are returned unchanged.
+    opened: the image as read from its file, whose tags tell the range (im may be a turned copy)."""
+    if not (im.mode.startswith("I") or im.mode == "F"):
+        return im
+    lo, hi, a = _pixel_range(opened or im, np.asarray(im))
+    scaled = np.rint((a.astype(np.float64) - lo) * (255.0 / (hi - lo)))
+    return Image.fromarray(scaled.astype(np.uint8), "L")
+
+
+def load_image(path: str, channels: int) -> Image.Image:
+    """The image a viewer shows: EXIF orientation applied (a phone photo held upright, stored
+    sideways with Orientation 6, comes out upright), pixels scaled by their range (to_8bit), as RGB
+    (channels=3) or grey (channels=1). Raises what PIL raises for a file it cannot decode."""
+    with Image.open(path) as im:
+        upright = ImageOps.exif_transpose(im)  # Pillow's reading of EXIF tag 274 (Orientation)
+        return to_8bit(upright, im).convert("RGB" if channels == 3 else "L")
+
+
+def draw_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one image's random transforms in one epoch: a function of (seed, epoch, index)
+    alone, well mixed (NumPy's SeedSequence), 64 bits."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0])
+
+
+REFILL_TRIES = 16  # training: readable images looked for after an unreadable one, in split order
+
+
+class FolderSplit(datasets.ImageFolder):
+    """One split of an image folder: torchvision's ImageFolder, reading only what `ignored` lets
+    through, with load_image, as `channels` channels.
+
+    An item is asked for by index, or by (index, epoch) in training: the random transforms are then
+    drawn from draw_seed(seed, epoch, index), in whichever process or worker reads it. refill
+    (training): a file that cannot be decoded is replaced by the next readable one of the split
+    (up to REFILL_TRIES files). Returns (image (C, H, W) uint8 or None if none was found, label,
+    ["path (why)" of each unreadable file met])."""
+
+    def __init__(self, root: Path, transform, channels: int, seed: int, refill: bool):
+        self.channels, self.seed, self.refill = channels, seed, refill
+
+        def is_image(path: str) -> bool:
+            inside = Path(path).relative_to(root).parts  # <class>/.../<file>
+            return has_file_allowed_extension(path, IMG_EXTENSIONS) and not any(ignored(p) for p in inside)
+
+        super().__init__(str(root), transform=transform, is_valid_file=is_image)
+
+    def find_classes(self, directory: str):
+        classes = class_folders(Path(directory))
+        if not classes:
+            raise FileNotFoundError(f"no class folders in {directory}")
+        return classes, {name: i for i, name in enumerate(classes)}
+
+    def keep(self, indices: Sequence[int]) -> None:
+        """Use only these images of the split (dataset.train_size / val_size)."""
+        self.samples = self.imgs = [self.samples[i] for i in indices]
+        self.targets = [label for _, label in self.samples]
+
+    def __getitem__(self, key):
+        index, epoch = key if isinstance(key, tuple) else (key, None)
+        unreadable = []
+        for j in range(index, index + (REFILL_TRIES if self.refill else 1)):
+            path, label = self.samples[j % len(self.samples)]
+            try:
+                image = load_image(path, self.channels)
+                break
+            except Exception as e:  # OSError, SyntaxError, ValueError, DecompressionBombError, ...
+                unreadable.append(f"{path} ({_why(e, path)})")
+        else:
+            return None, self.targets[index], unreadable
+        if epoch is None:
+            return self.transform(image), label, unreadable
+        with torch.random.fork_rng(devices=[]):  # the caller's generator is left as it was
+            torch.manual_seed(draw_seed(self.seed, epoch, index))
+            return self.transform(image), label, unreadable
+
+
+def _why(e: Exception, path: str) -> str:
+    """What PIL said, in one short line, without the path (said beside it)."""
+    text = " ".join(str(e).replace(f"'{path}'", "").replace(path, "").split())[:120]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def collate_readable(samples):
-    """Stack the readable images; the paths of the unreadable ones travel in the batch, since
-    the workers that found them are other processes. -> ((B, C, H, W) uint8, (B,) labels, [path])"""
-    good = [(x, y) for x, y, bad in samples if bad is None]
-    unreadable = [bad for _, _, bad in samples if bad is not None]
+    """Stack the readable images; the unreadable files travel in the batch, since the workers that
+    found them are other processes. -> ((B, C, H, W) uint8, (B,) labels, ["path (why)"])"""
+    good = [(x, y) for x, y, _ in samples if x is not None]
+    unreadable = [bad for _, _, found in samples for bad in found]
     images = torch.stack([x for x, _ in good]) if good else torch.empty(0, dtype=torch.uint8)
     return images, torch.tensor([y for _, y in good], dtype=torch.long), unreadable
+
+
+def balanced_subset(labels: Sequence[int], n: int) -> List[int]:
+    """n of the indices, the classes taking turns (each class as equal a share as its images allow),
+    each class's images in a fixed random order: a generator seeded 0, not the run's seed, so that
+    every run of a folder at one size trains on the same images. Sorted; all of them for n = 0."""
+    if not n or n >= len(labels):
+        return list(range(len(labels)))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0)).tolist()
+    taken: dict = {}
+    turn = {}
+    for i in order:  # the k-th image of its class in the random order takes turn k
+        turn[i] = taken[labels[i]] = taken.get(labels[i], -1) + 1
+    return sorted(sorted(order, key=turn.__getitem__)[:n])
 
 
 class FromBatch(Sampler):
     """This process's training batches, starting the pass at batch `start` (a resumed epoch)
     without loading the batches before it. The order comes from a DistributedSampler: one
     permutation per (seed, epoch), the same in every process, dealt out rank, rank + world, ...;
-    so a step's global batch is the same set of images whatever the number of processes."""
+    so a step's global batch is the same set of images whatever the number of processes. Each
+    image is asked for as (index, epoch), for FolderSplit's random draws."""
 
     def __init__(self, shard: DistributedSampler, batch_size: int):
         self.shard, self.start = shard, 0
@@ -55,53 +208,74 @@ class FromBatch(Sampler):
         self.batch_size = batch_size  # per process
 
     def __iter__(self):
-        return itertools.islice(iter(self.batches), self.start, None)
+        epoch = self.shard.epoch
+        return ([(i, epoch) for i in batch] for batch in itertools.islice(iter(self.batches), self.start, None))
 
     def __len__(self) -> int:
         return len(self.batches)
 
 
 class DeviceLoader:
-    """Wraps a DataLoader of uint8 batches: moves each to the device and normalises it there."""
+    """Wraps a DataLoader of uint8 batches: moves each to the device and normalises it there.
 
-    def __init__(self, loader: DataLoader, mean, std, device: torch.device, train: bool, seed: int,
-                 split: Path, world: int = 1):
-        self.loader, self.device, self.train, self.seed = loader, device, train, seed
+    Training: a batch still short after FolderSplit's refills (more than REFILL_TRIES unreadable
+    files in a row) is left out, so that every batch the model sees has the configured size.
+    `left_out` counts the training images not used: unreadable files (each distinct file once,
+    over the run) and the readable images of batches left out in the last pass."""
+
+    def __init__(self, loader: DataLoader, mean, std, device: torch.device, train: bool, split: Path):
+        self.loader, self.device, self.train = loader, device, train
         self.split = split  # the folder the images come from, for messages
         self.normalize = Normalize(mean, std, device)
-        self.num_samples = len(loader) * loader.batch_sampler.batch_size * world if train else None
+        self.unreadable: set = set()  # "path (why)" of every unreadable file met
+        self.left_out = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """The next pass is epoch `epoch`, from batch `start`. The shuffle order of epoch e depends
-        only on (seed, e), as for the in-memory loader."""
+        only on (seed, e), as for the in-memory loader; so do the random transforms (FolderSplit)."""
         if self.train:
             self.loader.batch_sampler.shard.set_epoch(epoch)
-            self.loader.generator.manual_seed(self.seed * 1_000_003 + epoch)  # the workers' seeds
             self.loader.batch_sampler.start = start
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
-        read, skipped, example = 0, 0, None  # images decoded, images skipped, one skipped path
+        read, unreadable, short, short_images = 0, set(), 0, 0  # this pass
+        full = self.loader.batch_sampler.batch_size if self.train else 1
         try:
-            for x, y, unreadable in self.loader:
-                skipped += len(unreadable)
-                example = example or next(iter(unreadable), None)
-                if len(y) == 0:
-                    continue  # every image of this batch was unreadable
+            for x, y, found in self.loader:
+                unreadable.update(found)
+                if len(y) < full:  # empty, or a training batch that more unreadable files than refills shrank
+                    short, short_images = short + (len(y) > 0), short_images + len(y)
+                    continue
                 read += len(y)
                 x = x.to(self.device, non_blocking=True)  # (B, C, H, W) uint8
                 yield self.normalize(x), y.to(self.device, non_blocking=True)
-            if skipped and not read:
+            if unreadable and not read:
                 raise CnnbenchError(
-                    f"None of the {skipped} images read from {self.split} could be decoded, e.g. {example} "
-                    f"(truncated, corrupt or not an image). Check the files, or point dataset.root at a "
-                    f"copy that opens.")
+                    f"None of the {len(unreadable)} images read from {self.split} could be decoded, e.g. "
+                    f"{min(unreadable)}. Check the files (truncated, corrupt or not an image), or point "
+                    f"dataset.root at a copy that opens.")
         finally:  # also when the epoch stops early (trainer.max_steps_per_epoch)
-            if skipped and read:
-                log.warning(f"{skipped} unreadable image(s) skipped in {self.split} this pass, e.g. "
-                            f"{example} (truncated, corrupt or not an image).")
+            self.unreadable |= unreadable
+            self.left_out = len(self.unreadable) + short_images
+            if unreadable and read:
+                refilled = (" (each replaced by the next readable image of the split, so that every batch "
+                            "keeps its size)" if self.train else "")
+                log.warning(f"{len(unreadable)} unreadable image(s) skipped in {self.split} this pass{refilled}, "
+                            f"e.g. {min(unreadable)}.")
+            if short:
+                log.warning(f"{short} training batch(es) of {self.split} left out this pass: more than "
+                            f"{REFILL_TRIES} unreadable images in a row left them short of "
+                            f"dataset.batch_size={full} ({short_images} readable images unused).")
+
+
+def _class_table(classes: List[str], train: FolderSplit, val: FolderSplit) -> List[dict]:
+    """[{index, name, train_images, val_images}] for the record and the log."""
+    count = [np.bincount(s.targets, minlength=len(classes)) for s in (train, val)]
+    return [{"index": i, "name": name, "train_images": int(count[0][i]), "val_images": int(count[1][i])}
+            for i, name in enumerate(classes)]
 
 
 def build_imagefolder(conf, device: torch.device, seed: int, image_size: int, rank: int = 0, world: int = 1):
@@ -123,18 +297,23 @@ def build_imagefolder(conf, device: torch.device, seed: int, image_size: int, ra
         train_tf = T.Compose([T.Resize(image_size * 256 // 224, antialias=True), T.CenterCrop(image_size), *to_uint8])
     val_tf = T.Compose([T.Resize(image_size * 256 // 224, antialias=True), T.CenterCrop(image_size), *to_uint8])
     try:
-        train_set = SkippingImageFolder(str(root / "train"), transform=train_tf)
-        val_set = SkippingImageFolder(str(root / "val"), transform=val_tf)
+        train_set = FolderSplit(root / "train", train_tf, conf.in_channels, seed, refill=True)
+        val_set = FolderSplit(root / "val", val_tf, conf.in_channels, seed, refill=False)
     except (FileNotFoundError, RuntimeError) as e:  # no class folders, or folders without images
         raise CnnbenchError(f"dataset=imagefolder could not read {root}: {e}. Each of train/ and "
                             f"val/ needs one sub-folder per class holding .jpg/.png images.") from None
     if train_set.classes != val_set.classes:
-        raise CnnbenchError(f"{root}/train and {root}/val have different class folders "
-                            f"({len(train_set.classes)} vs {len(val_set.classes)}). Make them match.")
-    if conf.num_classes is not None and conf.num_classes != len(train_set.classes):
-        raise CnnbenchError(f"{root}/train has {len(train_set.classes)} class folders but "
+        only = [f"{', '.join(sorted(set(a.classes) - set(b.classes)))} only in {a.root}/"
+                for a, b in ((train_set, val_set), (val_set, train_set)) if set(a.classes) - set(b.classes)]
+        raise CnnbenchError(f"{root}/train and {root}/val have different class folders: {'; '.join(only)}. "
+                            f"Each class needs a folder in both, with the same name.")
+    classes = train_set.classes
+    if conf.num_classes is not None and conf.num_classes != len(classes):
+        raise CnnbenchError(f"{root}/train has {len(classes)} class folders but "
                             f"dataset.num_classes={conf.num_classes}. Set it to null (count them) "
-                            f"or to {len(train_set.classes)}.")
+                            f"or to {len(classes)}.")
+    train_set.keep(balanced_subset(train_set.targets, conf.train_size))  # all of them for 0
+    val_set.keep(balanced_subset(val_set.targets, conf.val_size))
     cuda = device.type == "cuda"
     # More workers than cores only adds switching (and PyTorch warns about it): cap them.
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -148,8 +327,7 @@ def build_imagefolder(conf, device: torch.device, seed: int, image_size: int, ra
     # (DistributedSampler adds the epoch). drop_last: every process gets the same number of images.
     shard = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
                                seed=seed * 1_000_003, drop_last=True)
-    gen = torch.Generator().manual_seed(seed)  # the workers' seeds
-    train = DataLoader(train_set, batch_sampler=FromBatch(shard, conf.batch_size), generator=gen, **common)
+    train = DataLoader(train_set, batch_sampler=FromBatch(shard, conf.batch_size), **common)
     # Under torchrun each process evaluates images rank, rank + world, ...: each once, by one process
     # (not a DistributedSampler, which would pad the last round with repeated images).
     val_share = Subset(val_set, range(rank, len(val_set), world)) if world > 1 else val_set
@@ -158,7 +336,7 @@ def build_imagefolder(conf, device: torch.device, seed: int, image_size: int, ra
         each = f" on each of {world} processes" if world > 1 else ""
         raise CnnbenchError(f"{root}/train has {len(train_set)} images, fewer than one batch of "
                             f"dataset.batch_size={conf.batch_size}{each}. Lower the batch size.")
-    info = DataInfo(len(train_set.classes), 3, image_size, len(train) * conf.batch_size * world,
-                    len(val_set), str(root))
-    return (DeviceLoader(train, conf.mean, conf.std, device, True, seed, root / "train", world),
-            DeviceLoader(val, conf.mean, conf.std, device, False, seed, root / "val"), info)
+    info = DataInfo(len(classes), conf.in_channels, image_size, len(train) * conf.batch_size * world,
+                    len(val_set), str(root), classes=_class_table(classes, train_set, val_set))
+    return (DeviceLoader(train, conf.mean, conf.std, device, True, root / "train"),
+            DeviceLoader(val, conf.mean, conf.std, device, False, root / "val"), info)
