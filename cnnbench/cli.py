@@ -241,6 +241,10 @@ def plan_jobs(overrides: List[str], multirun: bool) -> tuple:
             raise CnnbenchError(f"{key} is empty (an unset shell variable?), which would write the run into the "
                                 f"current folder. Give a folder, e.g. {key}=outputs/mine, or leave {key} out for "
                                 f"the default.")
+        long = next((part for part in Path(str(value)).parts if len(part.encode()) > _NAME_MAX), None)
+        if long:
+            raise CnnbenchError(f"{key} names a folder of {len(long.encode())} bytes ({long[:40]}...); a file system "
+                                f"takes at most {_NAME_MAX} bytes in one name. Choose a shorter {key}.")
     _PLANNED["run_dir"] = str(primary.hydra.run.dir)  # resolved now: torchrun's ranks share rank 0's
     run_dir = Path(_PLANNED["run_dir"])
     _PLANNED["had"] = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else None  # the user's folder
@@ -774,8 +778,9 @@ def compare_cli(args: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="cnnbench compare", description="One table of every run (results.json) found below the "
         "paths; writes comparison.csv and .md, and report.md / report.html with plots (PNGs beside).",
-        epilog="Runs that differ only in seed are averaged: mean ± sample standard deviation, and the "
-        "number of seeds. Column names: run model dataset optimizer seed n_seeds status epochs params "
+        epilog="Runs that differ only in seed are averaged: mean ± sample standard deviation over the "
+        "distinct seeds, and their number; of a seed run more than once, the run written last counts. "
+        "Column names: run model dataset optimizer seed n_seeds status epochs params "
         "trainable_params macs gmacs flops activation_bytes param_bytes peak_memory_bytes "
         "peak_memory_kind train_images_per_s top1_err top5_err loss best_top1_err best_epoch "
         "wall_time_s error path, or any dotted config key (optimizer.lr).")

@@ -220,13 +220,13 @@ def validate(cfg: DictConfig) -> None:
         raise CnnbenchError(f"trainer.device={dev!r} is not a device. Use auto, cpu, cuda or cuda:N.")
 
 
-# Settings that only some choices read, by the choice that reads them (other choices leave them at
-# the schema's default): set for another choice, they would be recorded and ignored, so they are refused.
+# Settings that one choice of a group reads, and the choice (other choices leave them at the
+# schema's default): set for another choice, they would be recorded and ignored, so they are refused.
 _USED_ONLY_BY = {
-    "scheduler.warmup_epochs": ("scheduler", ("cosine",)), "scheduler.min_lr_ratio": ("scheduler", ("cosine",)),
-    "scheduler.step_epochs": ("scheduler", ("step",)), "scheduler.gamma": ("scheduler", ("step",)),
-    "scheduler.pct_start": ("scheduler", ("onecycle",)), "scheduler.div_factor": ("scheduler", ("onecycle",)),
-    "dataset.num_workers": ("dataset", ("imagefolder",)),  # in-memory datasets use no workers
+    "scheduler.warmup_epochs": "scheduler=cosine", "scheduler.min_lr_ratio": "scheduler=cosine",
+    "scheduler.step_epochs": "scheduler=step", "scheduler.gamma": "scheduler=step",
+    "scheduler.pct_start": "scheduler=onecycle", "scheduler.div_factor": "scheduler=onecycle",
+    "dataset.num_workers": "dataset=imagefolder",  # in-memory datasets use no workers
 }
 
 
@@ -236,12 +236,12 @@ def _refuse_unused_settings(cfg: DictConfig) -> None:
     from cnnbench.config import Config
 
     defaults = OmegaConf.structured(Config)
-    for key, (group, users) in _USED_ONLY_BY.items():
-        chosen = _value(cfg[group].name)
-        if chosen not in users and OmegaConf.select(cfg, key) != OmegaConf.select(defaults, key):
-            raise CnnbenchError(f"{key}={OmegaConf.select(cfg, key)} does not apply to {group}={chosen}: only "
-                                f"{' and '.join(f'{group}={u}' for u in users)} read(s) it. Remove {key}=..., or "
-                                f"choose {group}={users[0]}.")
+    for key, reader in _USED_ONLY_BY.items():
+        group, choice = reader.split("=")
+        value = OmegaConf.select(cfg, key)
+        if _value(cfg[group].name) != choice and value != OmegaConf.select(defaults, key):
+            raise CnnbenchError(f"{key}={value} does not apply to {group}={_value(cfg[group].name)}: only {reader} "
+                                f"reads it. Remove {key}=..., or choose {reader}.")
     t = cfg.trainer
     if t.checkpoint_every_steps and not t.checkpoint:
         raise CnnbenchError(f"trainer.checkpoint_every_steps={t.checkpoint_every_steps} saves checkpoints inside an "
@@ -532,7 +532,14 @@ def record_failure(cfg: DictConfig, run_dir: Path, message: str) -> None:
     track.write_results(run.results, {
         "status": "failed", "error": message, "run_dir": str(run.dir.resolve()), "model": cfg.model.name,
         "dataset": _value(cfg.dataset.name), "optimizer": _value(cfg.optimizer.name), "seed": cfg.seed,
-        "epochs": 0, "history": [], "config": _config_dict(cfg)})
+        "epochs": 0, "history": [], "config": _config_dict(cfg), "overrides": _job_overrides()})
+
+
+def _job_overrides() -> Optional[list]:
+    """The overrides Hydra composed this job from (as in its .hydra/overrides.yaml); None outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
 
 
 def _config_dict(cfg: DictConfig) -> Dict[str, Any]:
@@ -640,6 +647,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "best_top1_err": None, "best_epoch": None, "wall_time_s": 0.0, "history": [],
         "env": measure.environment(device),
         "config": _config_dict(cfg),
+        "overrides": _job_overrides(),  # the command line's, in full (a sweep job's folder name may be cut)
     }
     start_epoch, global_step, prior_wall, resumed_epoch = 0, 0, 0.0, None
     if checkpoint is not None:

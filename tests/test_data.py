@@ -47,6 +47,15 @@ def test_idx_files_read_plain_or_gzipped(tmp_path, compress):
     assert (info.train_size, info.val_size, info.source) == (40, 20, str(tmp_path / "MNIST" / "raw"))
 
 
+def test_a_class_count_below_the_labels_is_refused_and_the_classes_are_named(tmp_path):
+    fake_mnist(tmp_path / "MNIST" / "raw")  # labels 0-9
+    with pytest.raises(CnnbenchError, match=r"dataset.num_classes=5, but the labels of dataset=mnist go up to 9"):
+        build_data(dataset_conf(root=str(tmp_path), num_classes=5), torch.device("cpu"), 0, 28)
+    _, _, info = build_data(dataset_conf(root=str(tmp_path)), torch.device("cpu"), 0, 28)
+    assert info.classes[:2] == [{"index": 0, "name": "0 - zero", "train_images": 4, "val_images": 2},
+                                {"index": 1, "name": "1 - one", "train_images": 4, "val_images": 2}]
+
+
 def test_truncated_idx_file_is_reported(tmp_path):
     fake_mnist(tmp_path / "mnist", compress=False)
     path = tmp_path / "mnist" / "train-images-idx3-ubyte"

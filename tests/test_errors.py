@@ -115,6 +115,16 @@ def test_bad_train_input_is_refused_before_any_work(args, message, existing_run,
     assert sorted(p.name for p in outputs.iterdir()) == ["earlier"]
 
 
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_an_output_folder_name_too_long_for_a_file_system_is_refused(key, existing_run, capsys):
+    before = snapshot(existing_run.parent)
+    flags = ["-m"] if key == "hydra.sweep.dir" else []
+    assert cli.main(["train", *flags, *TINY, f"{key}=outputs/{'x' * 300}/run"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{key} names a folder of 300 bytes (xxxx" in err and "Traceback" not in err
+    assert snapshot(existing_run.parent) == before
+
+
 def test_resume_without_checkpoint_and_run_over_existing_run(existing_run, capsys):
     before = snapshot(existing_run.parent)
     assert cli.main(["train", *TINY, f"hydra.run.dir={existing_run}"]) == 2

@@ -182,6 +182,7 @@ def test_every_job_of_a_sweep_gets_a_folder_of_its_own(tmp_path):
     assert all(read_results(p)["status"] == "completed" for p in folders)
     cut = records[roots[2]]
     assert f"dataset.root={roots[2]}" in (cut / ".hydra" / "overrides.yaml").read_text()  # the full override
+    assert f"dataset.root={roots[2]}" in read_results(cut)["overrides"]  # and in the record
 
     again = cnnbench(*args, cwd=tmp_path)  # the same names again, so the jobs are found and skipped
     assert again.returncode == 0, again.stderr
