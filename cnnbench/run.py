@@ -207,6 +207,18 @@ def validate(cfg: DictConfig) -> None:
     if info.max_size and size > info.max_size:
         raise CnnbenchError(f"dataset.image_size={size} is too large for {m.name}, which takes "
                             f"{info.max_size} px. Set dataset.image_size={info.max_size}.")
+    if d.batch_size == 1:  # every training batch has this size: can the model train on one image?
+        try:  # a training-mode forward on the meta device: shapes only, milliseconds
+            with torch.device("meta"):
+                create_model(m.name, num_classes=m.num_classes or 2, in_channels=m.in_channels, **options).train()(
+                    torch.empty(1, m.in_channels, size, size))
+        except ValueError as e:  # BatchNorm: "Expected more than 1 value per channel when training"
+            if "more than 1 value per channel" in str(e):
+                raise CnnbenchError(f"dataset.batch_size=1: {m.name} cannot train on one image at a time, as its "
+                                    f"BatchNorm normalises each channel over the batch and a {size} px image "
+                                    f"leaves it one value ({str(e).split(', got ')[-1]}). Use dataset.batch_size=2 "
+                                    f"or more (or a model.norm that does not use the batch, where {m.name} has "
+                                    f"one).") from None
 
     p = cfg.profile
     if not p.batch_sizes or min(p.batch_sizes) < 1 or p.repeats < 1 or p.warmup < 0:
