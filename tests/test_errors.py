@@ -397,15 +397,15 @@ def test_refused_resume_leaves_the_runs_hydra_config_alone(earlier_lenet5, capsy
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_unreadable_images_are_skipped_counted_and_logged(workers, tmp_path, monkeypatch):
-    """ResNet-20 has BatchNorm, which refuses a one-image batch in training: with batches of 2, the
-    run completes only if an unreadable file's batch is refilled to 2."""
+    """ResNet-18's BatchNorm refuses a one-image batch in training (its last feature maps are 1x1 at
+    32 px): with batches of 2, the run completes only if an unreadable file's batch is refilled to 2."""
     monkeypatch.chdir(tmp_path)
     root = png_folder(tmp_path / "imgs")
     half(root / "train" / "cat" / "0.png")  # truncated
     (root / "train" / "dog" / "1.png").write_bytes(b"not an image at all")  # garbage
     (root / "val" / "dog" / "0.png").write_bytes(b"")  # empty
     run_dir = tmp_path / "outputs" / "run"
-    args = [*IMAGEFOLDER, "model=resnet20", f"dataset.root={root}", f"dataset.num_workers={workers}",
+    args = [*IMAGEFOLDER, "model=resnet18", f"dataset.root={root}", f"dataset.num_workers={workers}",
             f"hydra.run.dir={run_dir}", "trainer.max_steps_per_epoch=0"]
     assert cli.main(["train", *args]) == 0
     results = json.loads((run_dir / "results.json").read_text())
