@@ -767,7 +767,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                 results["history"].append(row)
                 # images actually used: less the unreadable files of an image folder (each replaced by a
                 # readable one) and any batch left out short (summed over torchrun's processes)
-                left_out = torch.tensor([float(getattr(train_loader, "left_out", 0))], device=device)
+                left_out = torch.tensor([float(train_loader.left_out)], device=device)
                 results["train_images"] = data.train_size - int(distributed.all_sum(left_out))
                 results["epochs"] = epoch + 1
                 results["skipped_steps"] = sum(r.get("skipped_steps") or 0 for r in results["history"])

@@ -100,22 +100,20 @@ def _tiff(path: Path, a: np.ndarray) -> None:
     Image.fromarray(a).save(path)  # int32 -> mode I (SampleFormat 2, signed), float32 -> mode F
 
 
-# (write the file, its pixel values as the file holds them, the range of its type)
+# (write the file, its pixel values as the file holds them, their dtype, the range of its type)
 PIXEL_TYPES = {
-    "8-bit grey": (lambda p, a: Image.fromarray(a.astype(np.uint8)).save(p), [0, 38, 117, 255], (0, 255)),
-    "16-bit grey": (_png16, [0, 9830, 30146, 65535], (0, 65535)),  # 0%, 15%, 46%, 100% grey
-    "16-bit colour": (_png16, [0, 9830, 30146, 65535], (0, 65535)),
-    "1-bit": (lambda p, a: Image.fromarray(a.astype(bool)).save(p), [0, 1, 1, 0], (0, 1)),
-    "32-bit signed integer": (_tiff, [-2**31, -2**30, 2**30, 2**31 - 1], (-2**31, 2**31 - 1)),
-    "32-bit float": (_tiff, [0.0, 0.15, 0.46, 1.0], (0.0, 1.0)),
+    "8-bit grey": (lambda p, a: Image.fromarray(a).save(p), [0, 38, 117, 255], np.uint8, (0, 255)),
+    "16-bit grey": (_png16, [0, 9830, 30146, 65535], np.uint16, (0, 65535)),  # 0%, 15%, 46%, 100% grey
+    "16-bit colour": (_png16, [0, 9830, 30146, 65535], np.uint16, (0, 65535)),
+    "1-bit": (lambda p, a: Image.fromarray(a).save(p), [0, 1, 1, 0], bool, (0, 1)),
+    "32-bit signed integer": (_tiff, [-2**31, -2**30, 2**30, 2**31 - 1], np.int32, (-2**31, 2**31 - 1)),
+    "32-bit float": (_tiff, [0.0, 0.15, 0.46, 1.0], np.float32, (0.0, 1.0)),
 }
 
 
 @pytest.mark.parametrize("kind", PIXEL_TYPES)
 def test_every_pixel_type_is_scaled_by_its_range_never_clipped(kind, tmp_path):
-    write, values, (lo, hi) = PIXEL_TYPES[kind]
-    dtype = next((t for k, t in (("16-bit", np.uint16), ("32-bit signed", np.int32), ("32-bit float", np.float32))
-                  if kind.startswith(k)), np.int64)
+    write, values, dtype, (lo, hi) = PIXEL_TYPES[kind]
     a = np.array([values], dtype=dtype).repeat(2, axis=0)  # (2, 4): one value per column
     if kind == "16-bit colour":
         a = np.stack([a, a[:, ::-1], a], axis=-1)  # (2, 4, 3): green runs the other way

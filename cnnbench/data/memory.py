@@ -77,6 +77,8 @@ class InMemoryLoader:
     batch to start from.
     """
 
+    left_out = 0  # images of the split not used: none here (an image folder's unreadable files, folder.DeviceLoader)
+
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean, std,
                  train: bool, augment: bool = False, seed: int = 0, image_size: Optional[int] = None,
                  rank: int = 0, world: int = 1):
