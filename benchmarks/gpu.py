@@ -132,10 +132,10 @@ def lenet5_target(repeats: int, smoke: bool, device: torch.device):
     for _ in range(repeats):  # alternate, as for ResNet-50
         r = train(cfg)
         runs.append(r)
-        steps = max(r["train_images"] // batch, WARMUP + 2)  # an epoch's steps (a few more at toy sizes)
+        steps = max(r["train_images_used"] // batch, WARMUP + 2)  # an epoch's steps (a few more at toy sizes)
         bare.append(bare_loop("lenet5", 1, batch, steps, r["input_shape"][-1], device, like=r))
     seconds = statistics.median(r["history"][1]["seconds"] for r in runs)  # the second epoch: no compiling
-    images = runs[0]["train_images"]
+    images = runs[0]["train_images_used"]
     yield (f"lenet5 {runs[0]['dataset']} fast, reduce_overhead: seconds per epoch ({images:,} images, "
            f"batch {batch})", f"{seconds:.3f}", "< 1", seconds < 1)
     mine, theirs = statistics.median(r["train_images_per_s"] for r in runs), statistics.median(bare)

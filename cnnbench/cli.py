@@ -1,6 +1,7 @@
-"""The `cnnbench` command: train, compare, models.
+"""The `cnnbench` command: train, resume, profile, compare, models.
 
     cnnbench train [-m] [GROUP=OPTION ...] [KEY=VALUE ...]   Hydra overrides; -m sweeps
+    cnnbench resume RUN_DIR [KEY=VALUE ...]                  continue a run with its own overrides
     cnnbench compare [PATH ...] [--out DIR]                  one table of every run below PATHs
     cnnbench profile [--layers] [KEY=VALUE ...]               cost without training
     cnnbench models [PATTERN] [--input CxHxW] [--classes N]  the architectures cnnbench knows
@@ -10,6 +11,7 @@ HYDRA_FULL_ERROR=1 or CNNBENCH_DEBUG=1.
 """
 
 import argparse
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -17,6 +19,7 @@ import importlib.resources
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -37,6 +40,7 @@ USAGE = """usage: cnnbench COMMAND [ARGS]
 
 commands:
   train     train a configuration (Hydra overrides: model=resnet18 dataset=cifar10 ...; -m to sweep)
+  resume    continue a run from its folder, with its own overrides: cnnbench resume RUN_DIR [trainer.epochs=N]
   profile   cost without training: params, MACs, memory, latency and throughput per batch size
   compare   one table of every run found below the given paths (default: outputs/)
   models    list the architectures, with parameters and GMACs
@@ -79,14 +83,18 @@ def explain_config_error(exc: BaseException) -> str:
         link = link.__cause__
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
         group, _, name = exc.missing_cfg_file.rpartition("/")
+        options = group_options(group) if group in (*GROUPS, "experiment") else list(exc.options or [])
+        guess = _option_guess(name, options)
+        plus = "+" if group == "experiment" else ""
+        unknown = f"Unknown {group} {name!r}{f' (did you mean {plus}{group}={guess}?)' if guess else ''}"
         if group in GROUPS:
-            return (f"Unknown {group} {name!r}. Known: {', '.join(group_options(group))}. "
-                    f"Choose one with {group}=NAME.")
+            return (f"{unknown}. Known: {', '.join(options)}. Choose one with {group}=NAME"
+                    f"{' (`cnnbench models` describes them)' if group == 'model' else ''}.")
         if group == "experiment":
-            return (f"Unknown experiment {name!r}. Known: {', '.join(group_options(group))}. "
+            return (f"{unknown}. Known: {', '.join(options)}. "
                     f"Choose one with +experiment=NAME (the files are in conf/experiment/).")
-        if exc.options:  # another group, Hydra's own (hydra/launcher, say)
-            return f"Unknown {group} {name!r}. Known: {', '.join(exc.options)}. Choose one with {group}=NAME."
+        if options:  # another group, Hydra's own (hydra/launcher, say)
+            return f"{unknown}. Known: {', '.join(options)}. Choose one with {group}=NAME."
         return (f"There is no config group {group!r} (from {exc.missing_cfg_file}). The groups are "
                 f"{', '.join(GROUPS)} and +experiment; `cnnbench train --help` lists their options.")
     if isinstance(exc, OverrideParseException):
@@ -99,11 +107,9 @@ def explain_config_error(exc: BaseException) -> str:
         section, _, leaf = key.rpartition(".")
         from cnnbench.config import Config
 
-        node = Config.__dataclass_fields__.get(section)
-        known = (list(node.default_factory().__dataclass_fields__) if node else
-                 list(Config.__dataclass_fields__) if not section else [])
-        guess = difflib.get_close_matches(leaf, known, n=1)
-        hint = f" Did you mean {section + '.' if section else ''}{guess[0]}?" if guess else ""
+        known = _sections().get(section) or (list(Config.__dataclass_fields__) if not section else [])
+        guesses = _setting_guesses(leaf, section)
+        hint = f" Did you mean {' or '.join(guesses)}?" if guesses else ""
         where = f"The {section or 'top-level'} settings are: {', '.join(known)}." if known else ""
         return f"{key} is not a cnnbench setting.{hint} {where} (Every key is listed in cnnbench/config.py.)"
     if isinstance(cause, ValidationError) and key:
@@ -114,6 +120,55 @@ def explain_config_error(exc: BaseException) -> str:
         return f"{key} must be set: it has no default for this choice. Add {key}=... to the command line."
     return (f"{' '.join(str(exc).split()) or type(exc).__name__}. Overrides look like group=option or "
             f"key=value (model=resnet18, optimizer.lr=0.1); `cnnbench train --help` lists them.")
+
+
+def _sections() -> dict:
+    """Each config section with keys of its own (model, dataset, ..., profile) -> its keys."""
+    from cnnbench.config import Config
+
+    return {name: [k.name for k in dataclasses.fields(f.default_factory)]
+            for name, f in Config.__dataclass_fields__.items() if dataclasses.is_dataclass(f.default_factory)}
+
+
+# Other training scripts' names for cnnbench's settings (torchvision's references, timm's train.py)
+_ALIASES = {"learning_rate": "optimizer.lr", "wd": "optimizer.weight_decay", "opt": "optimizer",
+            "b": "dataset.batch_size", "bs": "dataset.batch_size", "arch": "model", "data_path": "dataset.root",
+            "data_dir": "dataset.root", "workers": "dataset.num_workers", "j": "dataset.num_workers",
+            "sched": "scheduler", "lr_scheduler": "scheduler", "smoothing": "trainer.label_smoothing",
+            "clip_grad": "trainer.grad_clip", "torchcompile": "trainer.compile", "output_dir": "hydra.run.dir",
+            "output": "hydra.run.dir", "experiment": "+experiment"}
+
+
+def _setting_guesses(name: str, section: str = "") -> List[str]:
+    """The settings a misspelt or misplaced name may mean, best first: a close spelling in its own
+    section (trainer.epoch -> trainer.epochs), the same name in another (epochs, trainer.lr ->
+    trainer.epochs, optimizer.lr), another program's name for it (wd), a close spelling anywhere."""
+    from cnnbench.config import Config
+
+    sections, top = _sections(), list(Config.__dataclass_fields__)
+    name = name.lower().replace("-", "_")
+    if not section and name in top:
+        return [name]
+    own = difflib.get_close_matches(name, sections.get(section, []) if section else top, n=1)
+    if own:
+        return [f"{section}.{own[0]}" if section else own[0]]
+    same = [f"{s}.{name}" for s, keys in sections.items() if name in keys and s != section]
+    if same or name in _ALIASES:
+        return same or [_ALIASES[name]]
+    leaves = sorted({k for s, keys in sections.items() if s != section for k in keys})
+    near = difflib.get_close_matches(name, leaves, n=1)
+    return [f"{s}.{near[0]}" for s, keys in sections.items() if near and near[0] in keys and s != section]
+
+
+def _option_guess(name: str, options: List[str]) -> Optional[str]:
+    """The option a name in another case or spelling means: ResNet50 -> resnet50, resnt18 ->
+    resnet18, CIFAR-10 -> cifar10, fats -> fast; None when nothing is close."""
+    def plain(s):
+        return re.sub(r"[^a-z0-9]", "", s.lower())
+
+    same = [o for o in options if plain(o) == plain(name)]
+    near = difflib.get_close_matches(plain(name), [plain(o) for o in options], n=1)
+    return same[0] if same else next((o for o in options if plain(o) == near[0]), None) if near else None
 
 
 def _expand_sweeps(overrides: List[str]) -> List[List[str]]:
@@ -376,12 +431,24 @@ def _claim_folder(folders: dict, folder: str, num: int, job: List[str]) -> None:
                         f"{fix}. Nothing was run.")
 
 
+def _refuse_sweep(never: list, n_jobs: int) -> None:
+    """Stop a sweep of which some jobs can never run: name each with its reason, and the fix."""
+    listed = "; ".join(f"{_sweep_subdir(job)}: {why.split('. ')[0]}" for job, why in never[:6])
+    more = f"; and {len(never) - 6} more" if len(never) > 6 else ""
+    option = next((m.group(1) for _, why in never if (m := re.match(r"model\.(\w+) does not apply to ", why))), None)
+    per_model = (f" To give model.{option} only to the models that have it, write +per_model.any.{option}=... "
+                 f"instead of model.{option}=... (or +per_model.MODEL.{option}=... for one model)." if option else "")
+    raise CnnbenchError(f"{len(never)} of the sweep's {n_jobs} jobs can never run, so none was started: "
+                        f"{listed}{more}.{per_model} Or leave those combinations out of the sweep.")
+
+
 def preflight(overrides: List[str], multirun: bool) -> None:
     """Compose and validate every job before Hydra creates any directory, so bad input leaves
-    nothing behind and touches no earlier run. In a sweep, a job that composes but fails
-    validation (an image size one model cannot take, say) is announced here, recorded as failed
-    when its turn comes, and the others run; a name or key that does not exist, or a job folder
-    that holds a run of another config, stops the sweep."""
+    nothing behind and touches no earlier run. A sweep in which some job can never run (an option
+    one model does not have, an image size one model cannot take) stops here, naming every such job
+    and the fix, before the first job starts; so do a name or key that does not exist, and a job
+    folder that holds a run of another config. What only a run finds (a missing dataset, an error
+    while training) is recorded as that job's failure and the others run."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -399,6 +466,7 @@ def preflight(overrides: List[str], multirun: bool) -> None:
             raise CnnbenchError(explain_config_error(e)) from None
         hydra_args = [o for o in overrides if _is_hydra_override(o)]
         folders: dict = {}  # each job's folder, to refuse two jobs one folder
+        never = []  # (job, why) of sweep jobs that can never run
         for num, job in enumerate(jobs):
             try:
                 cfg = _PLANNED.pop("config", None) or compose("config", overrides=job)
@@ -406,7 +474,7 @@ def preflight(overrides: List[str], multirun: bool) -> None:
             except CnnbenchError as e:
                 if not multirun:
                     raise
-                log.warning(f"warning: sweep job {_sweep_subdir(job)} will be recorded as failed: {e}")
+                never.append((job, str(e)))
             except Exception as e:
                 if _debug():
                     raise
@@ -419,6 +487,8 @@ def preflight(overrides: List[str], multirun: bool) -> None:
                 # A job folder whose run this job may not take up stops the sweep here, before Hydra
                 # rewrites any job's .hydra/ or the sweep's multirun.yaml.
                 _check_job_dir(cfg, Path(_PLANNED["sweep_dir"], folder))
+        if never:
+            _refuse_sweep(never, len(jobs))
     GlobalHydra.instance().clear()
     run_dir = Path(_PLANNED["run_dir"])
     if not multirun and _COMMAND["name"] == "train":
@@ -507,6 +577,7 @@ def _task(cfg) -> Optional[dict]:
     if sweeping:
         _share_resources(cfg, hc)
     try:
+        run.resolve(cfg)  # per_model onto model.*, before the config is compared with a run already there
         if command == "train":
             earlier = run.reuse_run_dir(cfg, run_dir, sweeping)
             results = earlier if earlier is not None else run.train(cfg, run_dir)
@@ -531,7 +602,8 @@ def _task(cfg) -> Optional[dict]:
                 signal.getsignal(code - 128)(code - 128, None)
             except RuntimeError:  # no requeue left: the run stays interrupted, resumable by hand
                 pass
-        raise _JobExit(_fail(f"interrupted; what was done so far is in {run_dir}", code))
+        raise _JobExit(_fail(f"interrupted; what was done so far is in {run_dir}. " + _how_to_continue(run_dir, hc),
+                             code))
     except Exception as e:
         if _debug():
             raise
@@ -553,6 +625,26 @@ def _task(cfg) -> Optional[dict]:
 
         profile_tables(results)
     return results
+
+
+def _how_to_continue(run_dir: Path, hc) -> str:
+    """The interrupt message's last sentence: the exact command that continues the run (last, and
+    with no full stop after it, to be copied whole)."""
+    from hydra.types import RunMode
+
+    from cnnbench import distributed, run
+
+    if _COMMAND["name"] != "train":
+        return "Run the same command again to profile it."
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
+        return ("No checkpoint was saved (trainer.checkpoint=false, or it stopped before the first), so it cannot "
+                "be resumed: start it again, in a new folder.")
+    world = distributed.world()
+    how = f"{'torchrun <the same options> -m ' if world.active else ''}{run.resume_command(run_dir)}"
+    if hc.mode == RunMode.MULTIRUN:
+        return (f"To finish the whole sweep, run its command again with hydra.sweep.dir="
+                f"{shlex.quote(str(Path(hc.sweep.dir).absolute()))}; to continue this job alone: {how}")
+    return f"Continue it with: {how}"
 
 
 def _profile_in_child(cfg, run_dir: Path) -> dict:
@@ -625,16 +717,22 @@ def _remove_if_empty(run_dir: Path) -> None:
 
 
 def _summary(r: dict) -> None:
+    """The end of `cnnbench train`: the run's figures, then its folder on a line of its own, whole
+    (the value a user copies: rich neither cuts nor breaks it; a terminal too narrow wraps it)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from cnnbench.report import gmacs
 
     def pct(x):
         return "—" if x is None else f"{100 * x:.2f}%"
 
+    k = min(5, r.get("num_classes") or 5)  # the top-5 error is capped at the classes: top-3 of 3
     table = Table(title=f"{r['model']} on {r['dataset']} — {r['status']}", show_header=False)
-    rows = [("top-1 / top-5 error", f"{pct(r['top1_err'])} / {pct(r['top5_err'])}"),
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # values wrap between words, never end in "…"
+    rows = [(f"top-1 / top-{k} error", f"{pct(r['top1_err'])} / {pct(r['top5_err'])}"),
             ("best top-1 error", f"{pct(r['best_top1_err'])} (epoch {r['best_epoch']})"),
             ("parameters", f"{r['params']:,}"),
             ("MACs per image", f"{gmacs(r['macs'])} G (FLOPs = 2 × MACs)"),
@@ -642,11 +740,148 @@ def _summary(r: dict) -> None:
             ("peak memory", f"{(r['peak_memory_bytes'] or 0) / 2**20:,.0f} MiB ({r['peak_memory_kind']})"),
             ("training throughput", f"{r['train_images_per_s']:,.0f} images/s" if r["train_images_per_s"]
              else "— (a one-step epoch has no steady state)"),
-            ("wall time", f"{r['wall_time_s']:.1f} s for {r['epochs']} epoch(s)"),
-            ("run directory", r["run_dir"])]
-    for k, v in rows:
-        table.add_row(k, v)
-    Console().print(table)
+            ("wall time", f"{r['wall_time_s']:.1f} s for {r['epochs']} epoch(s)")]
+    for name, value in rows:
+        table.add_row(name, value)
+    console = Console()
+    console.print(table)
+    console.print(Text(f"run directory: {r['run_dir']}"), soft_wrap=True)  # one line, uncut
+    if r.get("busy_note"):  # said once in the log, and here where the figures are
+        console.print(Text(f"note: {r['busy_note']}", style="yellow"))
+
+
+def versions() -> str:
+    """`cnnbench --version`: cnnbench's version and what it runs on (for a bug report)."""
+    import platform
+
+    import hydra
+    import torch
+
+    from cnnbench import __version__
+
+    if torch.version.cuda or getattr(torch.version, "hip", None):
+        n = torch.cuda.device_count()
+        kind = f"CUDA {torch.version.cuda}" if torch.version.cuda else f"ROCm {torch.version.hip}"
+        accelerator = f"{kind}, {n or 'no'} GPU{'s' if n > 1 else ''} visible"
+    else:
+        accelerator = "CPU only"
+    return (f"cnnbench {__version__} (torch {torch.__version__}, {accelerator}; Hydra {hydra.__version__}; "
+            f"Python {platform.python_version()})")
+
+
+# The flags each command takes besides its KEY=VALUE settings, as its error messages name them
+_FLAGS = {"train": "-m/--multirun, --cfg job|hydra|all, --info, --help, --hydra-help, --version",
+          "profile": "--layers, -m/--multirun, --cfg job|hydra|all, --info, --help, --version",
+          "resume": "--help"}
+
+
+def _argparse_error(parser: argparse.ArgumentParser, message: str):
+    """An argparse refusal as one `error:` paragraph, a misspelt flag answered with the one it is
+    close to (argparse prints its usage, under Python's program name, and exits)."""
+    flags = [s for s in parser._option_string_actions if s.startswith("--")]
+    unknown = re.fullmatch(r"unrecognized arguments: (.*)", message)
+    if unknown:
+        said = []
+        for a in unknown[1].split():
+            near = difflib.get_close_matches(a.partition("=")[0], flags, n=1) if a.startswith("-") else []
+            said.append(f"{a} is not an option of {parser.prog}{f' (did you mean {near[0]}?)' if near else ''}"
+                        if a.startswith("-") else f"{a} was not expected")
+        message = "; ".join(said)
+    raise CnnbenchError(f"{message}. See `{parser.prog} --help`.")
+
+
+def _hydra_parser(command: str):
+    """Hydra's own argument parser, for `cnnbench COMMAND`, whose refusals are one paragraph."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    parser.prog, parser.error = f"cnnbench {command}", functools.partial(_argparse_error, parser)
+    return parser
+
+
+def _flag(name: str, flags: List[str]) -> Optional[str]:
+    """The flag name stands for: itself, or the one long flag it begins (--multi: --multirun), as
+    argparse reads it."""
+    if name in flags:
+        return name
+    longer = [f for f in flags if name.startswith("--") and f.startswith(name)]
+    return longer[0] if len(longer) == 1 else None
+
+
+def _flag_setting(name: str) -> List[str]:
+    """The settings a --flag may stand for: --epochs -> trainer.epochs, --batch-size ->
+    dataset.batch_size, --model -> model, --trainer.epochs -> trainer.epochs."""
+    name = name.lstrip("-").replace("-", "_")
+    section, _, leaf = name.rpartition(".")
+    if section and leaf in _sections().get(section, []):
+        return [name]
+    return _setting_guesses(leaf, section)
+
+
+def _takes_bool(key: str) -> bool:
+    """Whether setting key is true or false (a bare --compile means trainer.compile=true)."""
+    from cnnbench.config import Config
+
+    section, _, leaf = key.partition(".")
+    node = Config.__dataclass_fields__.get(section)
+    if not leaf or node is None or not dataclasses.is_dataclass(node.default_factory):
+        return False
+    return {f.name: f.type for f in dataclasses.fields(node.default_factory)}.get(leaf) in (bool, Optional[bool])
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def check_flags(command: str, args: List[str], own=()) -> None:
+    """Refuse a --flag that the command does not take, with the fix: a misspelt one gets the flag it
+    is close to (--layer: --layers), another program's habit the setting it means (--model
+    resnet18: model=resnet18, --epochs 3: trainer.epochs=3, --batch-size 64: dataset.batch_size=64),
+    and, when every flag was understood, the whole command line as it should be."""
+    hydras = [s for a in _hydra_parser(command)._actions for s in a.option_strings] if command != "resume" else []
+    flags = [*own, *hydras]
+    fixed, settings, notes, whole, i = [], [], [], True, 0
+    while i < len(args):
+        a = args[i]
+        i += 1
+        name, eq, value = a.partition("=")
+        if not a.startswith("-") or a == "-" or name in own or _flag(name, hydras):  # argparse: --multi
+            fixed.append(a)
+            continue
+        bare = name.lstrip("-")
+        flag = difflib.get_close_matches(bare, [f[2:] for f in flags if f.startswith("--")], n=1, cutoff=0.75)
+        if flag:
+            notes.append(f"{name} is not an option of cnnbench {command} (did you mean --{flag[0]}?).")
+            fixed.append(f"--{flag[0]}{eq}{value}")
+            continue
+        keys = _flag_setting(bare) if bare not in ("resume", "auto_resume") else []
+        if not eq and i < len(args) and "=" not in args[i] and (not args[i].startswith("-") or _number(args[i])):
+            value = args[i]  # --epochs 3, --lr -0.1
+            i += 1
+        shown = f"{name} {value}".strip() if not eq else a
+        if bare in ("resume", "auto_resume"):
+            notes.append(f"{shown}: to continue a run, use `cnnbench resume RUN_DIR` (RUN_DIR: the run's folder).")
+            whole = False
+        elif len(keys) != 1:
+            notes.append(f"{name} is not an option of cnnbench {command} (its options: {_FLAGS[command]})"
+                         + (f"; as a setting, it could be {' or '.join(keys)}." if keys else "."))
+            whole = False
+        else:
+            key = keys[0]
+            value = value or ("true" if _takes_bool(key) else "")  # --compile
+            whole = whole and bool(value)
+            settings.append(f"{shown} is {key}={value or 'VALUE'}")
+            fixed.append(f"{key}={value or 'VALUE'}")
+    if settings:
+        notes.insert(0, f"cnnbench {command} takes settings as KEY=VALUE, without dashes: {', '.join(settings)}.")
+    if notes:
+        run = f" Run: cnnbench {command} {' '.join(shlex.quote(a) for a in fixed)}" if whole else (
+            f" `cnnbench {command} --help` lists what it takes.")
+        raise CnnbenchError(" ".join(notes) + run)
 
 
 def train_main(args: List[str]) -> int:
@@ -656,12 +891,54 @@ def train_main(args: List[str]) -> int:
 def profile_main(args: List[str]) -> int:
     """`cnnbench profile [--layers] [overrides]`: the cost of the composed model, without training.
     Runs land in outputs/profiles/ unless hydra.run.dir says otherwise."""
+    if any(a in ("-h", "--help") for a in args):
+        print(profile_help())
+        return 0
+    check_flags("profile", args, own=("--layers",))
     args = ["profile.layers=true" if a == "--layers" else a for a in args]
+    internal = []  # added after the user's words are checked, so that no refusal quotes them
     if not any(a.startswith("hydra.run.dir=") for a in args):
-        args.append("hydra.run.dir=outputs/profiles/${now:%Y-%m-%d_%H-%M-%S}_${model.name}")
+        internal.append("hydra.run.dir=outputs/profiles/${now:%Y-%m-%d_%H-%M-%S}_${model.name}")
     if not any(a.startswith("hydra.sweep.dir=") for a in args):
-        args.append("hydra.sweep.dir=outputs/profiles/${now:%Y-%m-%d_%H-%M-%S}")
-    return hydra_main("profile", args)
+        internal.append("hydra.sweep.dir=outputs/profiles/${now:%Y-%m-%d_%H-%M-%S}")
+    return hydra_main("profile", args, internal)
+
+
+def profile_help() -> str:
+    """`cnnbench profile --help`: its own usage, its flag, its settings (with config.py's comments)."""
+    import inspect
+    import json
+
+    from cnnbench.config import ProfileConf
+
+    comments = dict(re.findall(r"^\s+(\w+):.*?#\s*(.+)$", inspect.getsource(ProfileConf), re.M))
+    defaults = ProfileConf()
+    values = {k: json.dumps(getattr(defaults, k), separators=(",", ":")) for k in ProfileConf.__dataclass_fields__}
+    settings = "\n".join(f"  {f'profile.{k}={v}':<30} {comments.get(k, '')}" for k, v in values.items())
+    groups = "\n".join(f"  {g}: {', '.join(group_options(g))}" for g in GROUPS)
+    return f"""cnnbench profile: what a configuration costs, without training it: parameters, MACs and FLOPs
+per image, activation and peak memory, and at each batch size the latency and images/s of inference
+and of a training step. Printed, and saved in outputs/profiles/<date>_<time>_<model>/.
+
+Usage: cnnbench profile [--layers] [-m] [GROUP=OPTION ...] [KEY=VALUE ...]
+
+Options:
+  --layers             also print one row per layer: output shape, parameters, MACs, output bytes
+  -m, --multirun       profile every combination (model=resnet18,resnet50), each in a fresh process
+  --cfg job            print the composed config, profile nothing
+  -h, --help           this text (--version: cnnbench's, torch's and CUDA's versions)
+
+Profile settings (their defaults; every other key is train's, `cnnbench train --help`):
+{settings}
+
+Config groups (pick one option each, e.g. model=resnet50):
+{groups}
+
+Examples:
+  cnnbench profile model=resnet50 dataset=synthetic dataset.image_size=224 --layers
+  cnnbench profile model=mobilenet_v2 dataset.image_size=224 'profile.batch_sizes=[1,32,128]'
+  cnnbench profile -m model=resnet18,resnet50 dataset.image_size=224
+hydra.run.dir=DIR chooses the folder. Tracebacks: CNNBENCH_DEBUG=1."""
 
 
 def _gpu_slots(args: List[str]) -> Optional[str]:
@@ -690,18 +967,48 @@ def _gpu_slots(args: List[str]) -> Optional[str]:
     return os.environ[_GPU_LOCKS]
 
 
-def hydra_main(command: str, args: List[str]) -> int:
-    """Check every job, then hand the command line to Hydra, which runs `command` per job."""
+def _flags_first(args: List[str], parser) -> List[str]:
+    """Hydra's flags, each with its value, before the overrides: argparse takes no override after a
+    flag, and users put flags anywhere (model=resnet18 --cfg job). A flag missing its value goes
+    last, where argparse says so."""
+    actions = {s: a for a in parser._actions for s in a.option_strings}
+    flags, rest, dangling, i = [], [], [], 0
+    while i < len(args):
+        a = args[i]
+        i += 1
+        action = actions.get(_flag(a.partition("=")[0], list(actions))) if a.startswith("-") else None
+        if action is None:
+            rest.append(a)
+            continue
+        flags.append(a)
+        if "=" not in a and (action.nargs is None or action.nargs == "?" and i < len(args)
+                             and args[i] in (action.choices or ())):
+            if i == len(args):
+                dangling.append(flags.pop())
+            else:
+                flags.append(args[i])
+                i += 1
+    return flags + rest + dangling
+
+
+def hydra_main(command: str, args: List[str], internal: List[str] = ()) -> int:
+    """Check every job, then hand the command line to Hydra, which runs `command` per job.
+    internal: overrides cnnbench adds (profile's folders), after the user's words are checked."""
     import hydra
-    from hydra._internal.utils import get_args_parser
 
     from cnnbench import distributed, track
     from cnnbench.config import register_configs
 
+    if "--version" in args:
+        print(versions())
+        return 0
+    check_flags(command, args)  # profile_main has taken its --layers out
     register_configs()
-    flags = ("-m", "--multirun")  # Hydra takes them only before the overrides; users put them anywhere
-    args = [a for a in args if a in flags] + [a for a in args if a not in flags]
-    parsed = get_args_parser().parse_args(args)
+    parser = _hydra_parser(command)
+    args = _flags_first(args, parser)
+    parser.parse_args(args)  # a refusal quotes the user's words only
+    args = [*args, *internal]
+    parsed = parser.parse_args(args)
     _register_resolvers()
     informational = parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.shell_completion
     world = distributed.world()
@@ -771,6 +1078,194 @@ def hydra_main(command: str, args: List[str]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# resume
+# ---------------------------------------------------------------------------------------------
+
+def resume_help() -> str:
+    """`cnnbench resume --help`."""
+    import textwrap
+
+    from cnnbench.run import _RESUMABLE_CHANGES
+
+    changes = textwrap.fill(f"Only these may change: {', '.join(sorted(_RESUMABLE_CHANGES))}.", width=96,
+                            initial_indent=" " * 14, subsequent_indent=" " * 14)
+    return f"""usage: cnnbench resume RUN_DIR [KEY=VALUE ...]
+
+Continue a run from its folder: an interrupted run where it stopped, a finished one for more
+epochs. The overrides the run was started with are read from RUN_DIR/.hydra/overrides.yaml, so this
+is `cnnbench train <those overrides> KEY=VALUE ... hydra.run.dir=RUN_DIR trainer.resume=true`, run
+in the folder the run was started from (RUN_DIR/.hydra/hydra.yaml), where its relative paths
+(dataset.root=data/x) mean what they meant.
+
+  RUN_DIR     a run's folder (outputs/runs/<date>_<time>_<model>_<dataset>/), or one job's
+              folder of a sweep (outputs/sweeps/<date>_<time>/<job>/)
+  KEY=VALUE   replaces the run's own value of KEY: trainer.epochs=N trains to N epochs in all.
+{changes}
+
+Examples:
+  cnnbench resume outputs/runs/2024-05-01_12-00-00_resnet20_cifar10
+  cnnbench resume outputs/runs/2024-05-01_12-00-00_resnet20_cifar10 trainer.epochs=60
+  cnnbench resume 'outputs/sweeps/2024-05-01_12-00-00/model=resnet56,seed=1'
+A whole sweep is finished by running its command again with hydra.sweep.dir=<its folder>."""
+
+
+_SET_BY_RESUME = ("hydra.run.dir", "hydra.sweep.dir", "hydra.mode", "trainer.resume")
+
+
+def _override_key(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
+
+
+def _shown(path: Path) -> str:
+    """path as the user would type it here: relative below the current folder, else absolute."""
+    path = path.absolute()
+    return str(path.relative_to(Path.cwd())) if Path.cwd() in path.parents else str(path)
+
+
+def _hydra_value(text: str) -> str:
+    """text as one value in Hydra's override grammar: a folder name may hold = , [ ] and spaces."""
+    return text if re.fullmatch(r"[\w/.@~-]+", text) else '"' + text.replace('"', '\\"') + '"'
+
+
+def _run_overrides(run_dir: Path) -> Optional[List[str]]:
+    """The overrides the run was composed from: its .hydra/overrides.yaml, else results.json's."""
+    import json
+
+    import yaml
+
+    for path, read in ((run_dir / ".hydra" / "overrides.yaml", yaml.safe_load),
+                       (run_dir / "results.json", lambda text: json.loads(text).get("overrides"))):
+        try:
+            overrides = read(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, AttributeError, yaml.YAMLError):
+            continue
+        if isinstance(overrides, list) and all(isinstance(o, str) for o in overrides):
+            return overrides
+    return None
+
+
+def _record(run_dir: Path) -> dict:
+    import json
+
+    try:
+        record = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+        return record if isinstance(record, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _resumable(given: str) -> Path:
+    """The run folder RUN_DIR names, absolute; refused with the fix when there is no run to continue
+    there: no such folder, a file, a sweep's folder (its jobs are named), a run without a checkpoint."""
+    path = Path(given).absolute()
+    folder_first = " cnnbench resume takes the run's folder first, then settings: cnnbench resume RUN_DIR " \
+                   "trainer.epochs=N."
+    if not path.exists():
+        near = (difflib.get_close_matches(path.name, [p.name for p in path.parent.iterdir() if p.is_dir()], n=1)
+                if path.parent.is_dir() else [])
+        hint = f" (did you mean {shlex.quote(_shown(path.parent / near[0]))}?)" if near else ""
+        raise CnnbenchError(f"{given} does not exist{hint}. Give the folder of the run to continue: "
+                            f"outputs/runs/<date>_<time>_<model>_<dataset>, or a sweep job's "
+                            f"outputs/sweeps/<date>_<time>/<job>." + (folder_first if "=" in given else ""))
+    if path.is_file():
+        folder = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        fix = (f": cnnbench resume {shlex.quote(_shown(folder))}" if (folder / "checkpoints" / "last.pt").is_file()
+               else ".")
+        raise CnnbenchError(f"{given} is a file; cnnbench resume takes the folder of the run{fix}")
+    if (path / "checkpoints" / "last.pt").is_file():
+        return path
+    runs = sorted((p.parent.parent for depth in range(1, 4)
+                   for p in path.glob("/".join(["*"] * depth) + "/checkpoints/last.pt")),
+                  key=lambda run: (_record(run).get("status") == "completed", str(run)))  # unfinished first
+    if runs:
+        sweep = (path / "multirun.yaml").is_file()
+        listed = ", ".join(_shown(run) for run in runs[:4]) + (f" and {len(runs) - 4} more" if len(runs) > 4 else "")
+        whole = (f"; or finish the whole sweep by running its command again with hydra.sweep.dir="
+                 f"{shlex.quote(_shown(path))} (completed jobs are skipped, interrupted ones resumed)" if sweep else "")
+        raise CnnbenchError(f"{given} is {'a sweep' if sweep else 'a folder of runs'}, not one run: resume one of "
+                            f"its {'jobs' if sweep else 'runs'} ({listed}), e.g. cnnbench resume "
+                            f"{shlex.quote(_shown(runs[0]))}{whole}.")
+    if (path / "results.json").is_file():
+        config = _record(path).get("config") or {}
+        why = ("it ran with trainer.checkpoint=false, which saves no checkpoint, and such a run cannot be resumed"
+               if (config.get("trainer") or {}).get("checkpoint") is False else
+               "it stopped before its first checkpoint was saved")
+        overrides = _run_overrides(path)
+        again = (f" Start it again: cnnbench train {' '.join(shlex.quote(o) for o in overrides)}".rstrip()
+                 if overrides is not None else " Start it again with the overrides it ran with.")
+        raise CnnbenchError(f"{given} holds no checkpoints/last.pt, so there is nothing to resume from: {why}."
+                            f"{again}")
+    raise CnnbenchError(f"{given} is not a run's folder: it holds no checkpoints/last.pt to continue from (a run "
+                        f"with trainer.checkpoint=false saves none, and cannot be resumed). Give the folder a "
+                        f"`cnnbench train` run wrote, e.g. outputs/runs/<date>_<time>_<model>_<dataset>.")
+
+
+def resume_args(run_dir: Path, extra: List[str]) -> List[str]:
+    """The `cnnbench train` arguments that continue the run in run_dir: its own overrides, less
+    those an extra one replaces (the same key) and those resume sets, then the extras, the folder,
+    single-run mode (a sweep job's +experiment may ask for a sweep) and trainer.resume=true."""
+    own = _run_overrides(run_dir)
+    if own is None:
+        raise CnnbenchError(f"{_shown(run_dir)} has a checkpoint, but neither .hydra/overrides.yaml nor results.json "
+                            f"says which overrides the run was started with. Continue it by hand: cnnbench train "
+                            f"<its overrides> hydra.run.dir={shlex.quote(_shown(run_dir))} trainer.resume=true.")
+    replaced = {_override_key(o) for o in extra} | set(_SET_BY_RESUME)
+    return [*(o for o in own if _override_key(o) not in replaced),
+            *(o for o in extra if _override_key(o) != "trainer.resume"),
+            f"hydra.run.dir={_hydra_value(str(run_dir))}", "hydra.mode=RUN", "trainer.resume=true"]
+
+
+def _started_in(run_dir: Path) -> Optional[Path]:
+    """The folder the run was started from (hydra.runtime.cwd in its .hydra/hydra.yaml)."""
+    import yaml
+
+    try:
+        cwd = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text(encoding="utf-8"))["hydra"]["runtime"]["cwd"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return Path(cwd) if isinstance(cwd, str) and cwd else None
+
+
+def resume_main(args: List[str]) -> int:
+    """`cnnbench resume RUN_DIR [KEY=VALUE ...]`: `cnnbench train` with the run's own overrides,
+    the extra ones in place of the same keys, hydra.run.dir=RUN_DIR and trainer.resume=true, run in
+    the folder the run was started from."""
+    if any(a in ("-h", "--help") for a in args):
+        print(resume_help())
+        return 0
+    if "--version" in args:
+        print(versions())
+        return 0
+    if any(a in ("-m", "--multirun") for a in args):
+        raise CnnbenchError("cnnbench resume continues one run, not a sweep. To finish a sweep, run its command "
+                            "again with hydra.sweep.dir=<its folder>; to continue one of its jobs, cnnbench resume "
+                            "<the job's folder>.")
+    check_flags("resume", args, own=("-h", "--help", "--version"))
+    if not args:
+        raise CnnbenchError("cnnbench resume needs the folder of the run to continue: cnnbench resume RUN_DIR "
+                            "[trainer.epochs=N] (`cnnbench resume --help`).")
+    run_dir = _resumable(args[0])
+    moved = [o for o in args[1:] if _override_key(o) in ("hydra.run.dir", "hydra.sweep.dir")]
+    if moved:
+        raise CnnbenchError(f"{moved[0]}: cnnbench resume continues the run in its own folder, {args[0]}. Leave "
+                            f"{_override_key(moved[0])} out, or start a new run (cnnbench train ...) to train "
+                            f"elsewhere.")
+    train_args = resume_args(run_dir, args[1:])
+    here, started = os.getcwd(), _started_in(run_dir)
+    if started is not None and not started.is_dir():
+        print(f"warning: {started}, where the run was started, is not a folder here: relative paths among its "
+              f"overrides (dataset.root, model.weights) are read from {here} instead.", file=sys.stderr)
+    print(f"Resuming {_shown(run_dir)}: cnnbench train {' '.join(shlex.quote(a) for a in train_args)}"
+          + (f" (in {started})" if started is not None and started.is_dir() and started != Path(here) else ""))
+    try:
+        if started is not None and started.is_dir():
+            os.chdir(started)
+        return hydra_main("train", train_args)
+    finally:
+        os.chdir(here)
+
+
+# ---------------------------------------------------------------------------------------------
 # compare, models
 # ---------------------------------------------------------------------------------------------
 
@@ -782,17 +1277,23 @@ def compare_cli(args: list[str]) -> int:
         "distinct seeds, and their number; of a seed run more than once, the run written last counts. "
         "Column names: run model dataset optimizer seed n_seeds status epochs params "
         "trainable_params macs gmacs flops activation_bytes param_bytes peak_memory_bytes "
-        "peak_memory_kind train_images_per_s top1_err top5_err loss best_top1_err best_epoch "
-        "wall_time_s error path, or any dotted config key (optimizer.lr).")
+        "peak_memory_kind train_images_per_s top1_err top5_err (top-k, k = min(5, classes)) loss best_top1_err "
+        "best_epoch wall_time_s error path; any dotted key of results.json, e.g. env.device_name env.threads "
+        "env.cpus env.load_start env.load_end input_shape num_classes train_images_used; or of its config "
+        "(optimizer.lr). In a terminal the table fits the screen: columns with one value for every run are "
+        "named above it, and columns that do not fit are left out, named below it (--columns shows exactly "
+        "the columns named).")
+    p.error = functools.partial(_argparse_error, p)  # one paragraph, did-you-mean for a misspelt flag
     p.add_argument("paths", nargs="*", default=["outputs"], help="folders to search (default: outputs)")
     p.add_argument("--out", help="where to write comparison.csv/.md and the report (default: the first path)")
     p.add_argument("--columns", metavar="A,B,...",
-                   help="table columns, comma-separated, e.g. run,model,top1_err,params,optimizer.lr")
+                   help="table columns, comma-separated, e.g. run,model,top1_err,params,optimizer.lr,env.device_name")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=PATTERN",
-                   help="keep runs whose KEY (a column or config key) matches the shell-style PATTERN, "
+                   help="keep runs whose KEY (a column, or a dotted key of results.json or of its config) "
+                   "matches the shell-style PATTERN, "
                    "e.g. 'model=resnet*'; repeatable: all keys must match, a key given twice matches either")
     p.add_argument("--sort", default="top1_err", metavar="COLUMN",
-                   help="order rows by this column or config key, rows without a value last (default: top1_err)")
+                   help="order rows by this column or key, rows without a value last (default: top1_err)")
     p.add_argument("--desc", action="store_true", help="sort in descending order (largest first)")
     p.add_argument("--no-group", action="store_true",
                    help="one row per run: do not average runs that differ only in seed")
@@ -805,7 +1306,11 @@ def compare_cli(args: list[str]) -> int:
 
 def models_cli(args: List[str]) -> int:
     p = argparse.ArgumentParser(prog="cnnbench models", description="The architectures cnnbench "
-                                "knows, with parameters and multiply-accumulates (MACs) per image.")
+                                "knows, with parameters and multiply-accumulates (MACs) per image.",
+                                epilog="In a terminal the table fits the screen: paper titles that would wrap "
+                                "into a narrow column are listed below it, and columns that still do not fit "
+                                "are left out, named below it. Piped, every column.")
+    p.error = functools.partial(_argparse_error, p)
     p.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'resnet*'")
     p.add_argument("--input", help="CxHxW to count at, e.g. 1x32x32 (default: each paper's size)")
     p.add_argument("--classes", type=int, help="number of classes (default: each paper's)")
@@ -825,7 +1330,8 @@ def models_cli(args: List[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": train_main, "profile": profile_main, "compare": compare_cli, "models": models_cli}
+COMMANDS = {"train": train_main, "resume": resume_main, "profile": profile_main, "compare": compare_cli,
+            "models": models_cli}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -834,9 +1340,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(USAGE)
         return 0
     if argv[0] == "--version":
-        from cnnbench import __version__
-
-        print(f"cnnbench {__version__}")
+        print(versions())
         return 0
     command = COMMANDS.get(argv[0])
     if command is None:

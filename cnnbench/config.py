@@ -7,7 +7,7 @@ field has a default and a comment with its unit; the YAML files state only what 
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -120,7 +120,10 @@ class DatasetConf:
     std: List[float] = field(default_factory=lambda: [0.5])  # per-channel std, 0-1 scale
     train_size: int = 0  # use only the first N training images; 0 = all (synthetic: how many)
     val_size: int = 0  # use only the first N validation images; 0 = all (synthetic: how many)
-    num_workers: int = 4  # DataLoader worker processes (imagefolder only)
+    num_workers: Optional[int] = None  # DataLoader worker processes (imagefolder only); null = chosen for the
+    #                                    cores and device (measure.cpu_plan)
+    val_fraction: float = 0.0  # imagefolder: validate on this fraction of train/ (each class's, a fixed
+    #                            draw) instead of val/, for folders that have none; 0 = val/
 
 
 @dataclass
@@ -172,7 +175,8 @@ class TrainerConf:
     checkpoint_every_steps: int = 0  # also save last.pt every N steps inside an epoch; 0 = at epoch ends
     on_nan: OnNan = OnNan.stop  # a non-finite training loss: stop (status diverged) | skip_step
     resume: bool = False  # continue from checkpoints/last.pt in the run directory
-    threads: int = 0  # CPU threads for torch; 0 = torch's default (one per core)
+    threads: int = 0  # CPU threads for torch; 0 = chosen: torch's default (one per core) less the cores other
+    #                   processes and (CPU training) DataLoader workers take (measure.cpu_plan)
     deterministic: bool = False  # deterministic kernels where PyTorch has them (slower); a layer without one warns
     progress: bool = True  # rich progress bar (shown only on a terminal)
 
@@ -198,6 +202,10 @@ class Config:
     trainer: TrainerConf = field(default_factory=TrainerConf)
     profile: ProfileConf = field(default_factory=ProfileConf)
     seed: int = 0  # seeds Python, NumPy and torch (weights, data order, augmentation)
+    # Model options for some models only, so that one sweep can give each model its own:
+    # +per_model.resnet20.stem=small (that model; it must have the option), +per_model.any.stem=small
+    # (every model that has the option; the others run without it). Applied onto model.* (run.resolve).
+    per_model: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
 
 def register_configs() -> None:

@@ -7,7 +7,7 @@ a CSV, a Markdown table, and a report (Markdown and self-contained HTML) with pl
 
 `load_rows` turns the files into rows of raw numbers; `filter_rows`, `group_rows` (seeds averaged,
 the latest run of each seed) and `sort_rows` select and order them; the `to_*` and `*_figure`
-functions only present them.
+functions only present them, and `fit_table` fits a table to the terminal without cutting a cell.
 """
 
 import base64
@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -127,8 +128,9 @@ def _written(data: dict, f: Path) -> float:
 
 def load_rows(paths: list[str]) -> list[dict[str, Any]]:
     """One row per usable results.json below paths: raw values (keys: CSV_COLUMNS) plus the run's
-    `config` dict, per-epoch `history` list and `written` (seconds since the epoch; `written_at`, else
-    the file's modification time): of two runs of one seed, the later written counts.
+    `config` dict, per-epoch `history` list, `written` (seconds since the epoch; `written_at`, else
+    the file's modification time: of two runs of one seed, the later written counts) and the whole
+    file as `record`.
 
     Unusable files are skipped with a warning on stderr. Raises CnnbenchError when a path does
     not exist or nothing usable is found.
@@ -150,6 +152,7 @@ def load_rows(paths: list[str]) -> list[dict[str, Any]]:
         row["config"] = data.get("config") if isinstance(data.get("config"), dict) else {}
         row["history"] = [h for h in data.get("history") or [] if isinstance(h, dict)]
         row["written"] = _written(data, f)
+        row["record"] = data  # the whole results.json: any dotted key of it is a column (env.device_name)
         rows.append(row)
     if not rows:
         where = ", ".join(f"'{p}'" for p in paths)
@@ -168,17 +171,38 @@ def _is_number(x: Any) -> bool:
 # -----------------------------------------------------------------------------
 # Selecting: values by name, filters, seed groups, order
 
-def value_of(row: dict[str, Any], name: str) -> Any:
-    """A column's value, or a (dotted) key of the run's config, e.g. optimizer.lr; MISSING if the
-    config lacks it."""
-    if name in COLUMNS:
-        return row.get(name)
-    node: Any = row.get("config") or {}
+def _dotted(node: Any, name: str) -> Any:
+    """node["a"]["b"] for name "a.b"; MISSING if there is no such key."""
     for part in name.split("."):
         if not isinstance(node, dict) or part not in node:
             return MISSING
         node = node[part]
     return node
+
+
+def _common(values: list[Any]) -> Any:
+    """One value for a row of several seeds: theirs if they agree, else their mean if numbers,
+    else the distinct values, comma-separated (as `seed` is). Runs without one are left out."""
+    values = [v for v in values if v is not MISSING]
+    if not values:
+        return MISSING
+    if all(v == values[0] for v in values):
+        return values[0]
+    if all(_is_number(v) for v in values):
+        return statistics.fmean(values)
+    return ", ".join(dict.fromkeys(raw_text(v) for v in values))
+
+
+def value_of(row: dict[str, Any], name: str) -> Any:
+    """A column's value, else a dotted key of the run's config (optimizer.lr), else of its
+    results.json (env.device_name, input_shape); MISSING if neither has it. For a row of several
+    seeds a results.json value is the runs' common value (see _common)."""
+    if name in COLUMNS:
+        return row.get(name)
+    value = _dotted(row.get("config") or {}, name)
+    if value is MISSING:
+        value = _common([_dotted(r.get("record") or {}, name) for r in row.get("runs") or [row]])
+    return value
 
 
 def raw_text(value: Any) -> str:
@@ -193,34 +217,40 @@ def raw_text(value: Any) -> str:
     return str(value)
 
 
-def _config_keys(rows: list[dict[str, Any]]) -> list[str]:
-    """Every dotted key that occurs in some run's config, leaves and sections."""
+def _keys(rows: list[dict[str, Any]], part: str) -> list[str]:
+    """Every dotted key that occurs in some run's `config` or `record` (its results.json, less the
+    config, which has keys of its own), leaves and sections."""
     keys: dict[str, None] = {}
 
     def walk(node: dict, prefix: str) -> None:
         for k, v in node.items():
-            keys.setdefault(prefix + k, None)
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
+            if prefix or part != "record" or k != "config":
+                keys.setdefault(prefix + k, None)
+                if isinstance(v, dict):
+                    walk(v, f"{prefix}{k}.")
     for r in rows:
-        walk(r.get("config") or {}, "")
+        walk(r.get(part) or {}, "")
     return list(keys)
 
 
 def check_name(name: str, rows: list[dict[str, Any]], option: str) -> None:
-    """Raise CnnbenchError unless name is a column or a config key of some run."""
+    """Raise CnnbenchError unless name is a column, or a dotted key of some run's config or
+    results.json."""
     if name in COLUMNS:
         return
-    config_keys = _config_keys(rows)
-    if name in config_keys:
+    config_keys, record_keys = _keys(rows, "config"), _keys(rows, "record")
+    if name in config_keys or name in record_keys:
         return
-    guess = ([k for k in config_keys if k.endswith("." + name)]  # lr -> optimizer.lr
-             or difflib.get_close_matches(name, [*COLUMNS, *config_keys], n=1))
+    guess = ([k for k, c in RECORD_COLUMNS.items() if c.header == name and k in record_keys]  # device
+             or [k for k in config_keys if k.endswith("." + name)]  # lr -> optimizer.lr
+             or [k for k in record_keys if k.endswith("." + name)]  # cpus -> env.cpus
+             or difflib.get_close_matches(name, [*COLUMNS, *config_keys, *record_keys], n=1))
     hint = f" Did you mean {guess[0]}?" if guess else ""
-    leaves = [k for k in config_keys if "." in k][:4] or ["optimizer.lr"]
+    leaves = [k for k in config_keys if "." in k][:3] or ["optimizer.lr"]
+    recorded = [k for k in RECORD_COLUMNS if k in record_keys][:4] or ["env.device_name", "input_shape"]
     raise CnnbenchError(
-        f"{option}: unknown column {name!r}.{hint} Known columns: {', '.join(COLUMNS)}; or a "
-        f"dotted key of the runs' config (the `config` in results.json), e.g. {', '.join(leaves)}.")
+        f"{option}: unknown column {name!r}.{hint} Known columns: {', '.join(COLUMNS)}; or a dotted "
+        f"key of the runs' results.json (e.g. {', '.join(recorded)}) or of their config (e.g. {', '.join(leaves)}).")
 
 
 def parse_filters(specs: list[str], rows: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -378,17 +408,20 @@ def _peak_mem(r: dict[str, Any]) -> str:
 class Column(NamedTuple):
     header: str  # in the terminal, Markdown and HTML tables
     cell: Callable[[dict[str, Any]], str]  # a row -> its text
-    right: bool  # right-aligned (numbers)
+    right: bool  # right-aligned (numbers): in the terminal never broken over lines
+    name: str = ""  # what --columns calls it
+    fold: bool = False  # in the terminal, may break anywhere (names, paths, messages); else between words
+    least: int = 0  # characters: in the terminal, narrower than this it is left out instead
 
 
-def _text(key: str) -> Column:
-    return Column(key, lambda r: _fmt(r.get(key), ""), False)
+def _text(key: str, fold: bool = False) -> Column:
+    return Column(key, lambda r: _fmt(r.get(key), ""), False, fold=fold)
 
 
 # Every column by name (the names --columns, --filter and --sort take); units in the headers:
 # percent for errors (fractions in results.json), MB = 2^20 bytes, GMACs = 10^9 MACs per image.
 COLUMNS: dict[str, Column] = {
-    "run": _text("run"),
+    "run": _text("run", fold=True),
     "model": _text("model"),
     "dataset": _text("dataset"),
     "optimizer": _text("optimizer"),
@@ -407,35 +440,100 @@ COLUMNS: dict[str, Column] = {
     "peak_memory_kind": _text("peak_memory_kind"),
     "train_images_per_s": Column("img/s", _number("train_images_per_s", ",.0f"), True),  # training
     "top1_err": Column("top-1 err %", _number("top1_err", ".2f", 100), True),  # last epoch
-    "top5_err": Column("top-5 err %", _number("top5_err", ".2f", 100), True),
+    "top5_err": Column("top-5 err %", _number("top5_err", ".2f", 100), True),  # top-k, k = min(5, classes)
     "loss": Column("loss", _number("loss", ".4f"), True),  # validation, last epoch
     "best_top1_err": Column("best top-1 err %", _number("best_top1_err", ".2f", 100), True),
     "best_epoch": Column("best epoch", _number("best_epoch", ".3g"), True),
     "wall_time_s": Column("wall s", _number("wall_time_s", ",.1f"), True),
-    "error": _text("error"),
-    "path": _text("path"),
+    "error": _text("error", fold=True),
+    "path": _text("path", fold=True),
+}
+
+
+def _recorded(key: str, show: Callable[[Any], str] = raw_text) -> Callable[[dict[str, Any]], str]:
+    """A cell: show(value) of a dotted results.json key, NULL where the run has none."""
+    return lambda r: NULL if value_of(r, key) in (None, MISSING) else show(value_of(r, key))
+
+
+def _shape(value: Any) -> str:
+    return "x".join(map(str, value)) if isinstance(value, list) else raw_text(value)  # [3, 32, 32] -> 3x32x32
+
+
+# Keys of results.json (outside its config) that have a short header: where and on what a run ran.
+# Any other dotted key works too, headed by its name (--columns env.torch,batch_size).
+RECORD_COLUMNS: dict[str, Column] = {
+    "env.device_name": Column("device", _recorded("env.device_name"), False),  # GPU model or CPU architecture
+    "env.threads": Column("threads", _recorded("env.threads"), True),  # torch's intra-op threads
+    "env.cpus": Column("cpus", _recorded("env.cpus"), True),  # cores the process may use
+    "env.load_start": Column("load start", _recorded("env.load_start", lambda v: _fmt(v, ".2f")), True),
+    "env.load_end": Column("load end", _recorded("env.load_end", lambda v: _fmt(v, ".2f")), True),  # 1-min avg
+    "input_shape": Column("input", _recorded("input_shape", _shape), False),  # CxHxW
+    "num_classes": Column("classes", _recorded("num_classes"), True),
+    "train_images_used": Column("train images used", _recorded("train_images_used", lambda v: _fmt(v, ",")), True),
 }
 
 DEFAULT_COLUMNS = ("run", "model", "dataset", "optimizer", "seed", "n_seeds", "params", "gmacs",
                    "activation_bytes", "peak_memory_bytes", "train_images_per_s", "top1_err",
                    "top5_err", "epochs", "status")
+# Shown after n_seeds where they differ between the rows: a figure measured on another device,
+# with other threads or at another input size is not the same measurement. In the terminal, where
+# they are the same for all rows, they are named on the line above the table.
+SETUP_COLUMNS = ("input_shape", "env.device_name", "env.threads")
 
 
-def _config_column(key: str, rows: list[dict[str, Any]]) -> Column:
-    right = any(_is_number(value_of(r, key)) for r in rows)
-    return Column(key, lambda r: NULL if value_of(r, key) in (None, MISSING) else raw_text(value_of(r, key)),
-                  right)
+def default_columns(rows: list[dict[str, Any]], setup: tuple[str, ...] | None = None) -> list[str]:
+    """DEFAULT_COLUMNS with, after n_seeds, those of SETUP_COLUMNS whose value differs between the
+    rows (or the setup columns given)."""
+    if setup is None:
+        setup = tuple(k for k in SETUP_COLUMNS if len({raw_text(value_of(r, k)) for r in rows}) > 1)
+    at = DEFAULT_COLUMNS.index("n_seeds") + 1
+    return [*DEFAULT_COLUMNS[:at], *setup, *DEFAULT_COLUMNS[at:]]
+
+
+def _top_k(r: dict[str, Any]) -> int:
+    """The k of a run's top-5 error: the top-k error is capped at the number of classes (with 3
+    classes the top-5 error is the top-3 error: always 0). 5 where the record does not say."""
+    n = value_of(r, "num_classes")
+    return min(5, n) if _is_number(n) and n >= 1 else 5
+
+
+def _top5_column(rows: list[dict[str, Any]]) -> Column:
+    """top5_err labelled as what it is: 'top-3 err %' if every row has 3 classes; where the rows
+    differ, 'top-5 err %' and the capped cells say their k."""
+    ks = {_top_k(r) for r in rows}
+    number = _number("top5_err", ".2f", 100)
+    if len(ks) == 1:
+        return Column(f"top-{ks.pop()} err %", number, True)
+    return Column("top-5 err %", lambda r: number(r) + (f" (top-{_top_k(r)})" if _top_k(r) < 5 else ""), True)
+
+
+def _key_column(key: str, rows: list[dict[str, Any]]) -> Column:
+    """A dotted key of the config or results.json, headed by its name."""
+    def show(value):
+        text = raw_text(value)  # as written in the config, but a mean over seeds to 4 digits
+        return format(value, ".4g") if isinstance(value, float) and len(text) > 8 else text
+    return Column(key, _recorded(key, show), any(_is_number(value_of(r, key)) for r in rows), fold=True)
+
+
+def column(name: str, rows: list[dict[str, Any]]) -> Column:
+    """The column of a (known) name, for these rows."""
+    if name == "top5_err":
+        c = _top5_column(rows)
+    else:
+        c = COLUMNS.get(name) or RECORD_COLUMNS.get(name) or _key_column(name, rows)
+    return c._replace(name=name)
 
 
 def resolve_columns(names: list[str] | None, rows: list[dict[str, Any]]) -> list[Column]:
-    """Columns by name (COLUMNS or dotted config keys); None: DEFAULT_COLUMNS."""
-    names = list(DEFAULT_COLUMNS) if names is None else names
+    """Columns by name (COLUMNS, or dotted keys of the config or of results.json); None: the
+    default_columns for the rows. Raises CnnbenchError for a name no run has."""
+    names = default_columns(rows) if names is None else names
     if not names:
         raise CnnbenchError("--columns is empty. Name the columns, comma-separated, e.g. "
                             f"--columns run,model,top1_err,params. Known columns: {', '.join(COLUMNS)}.")
     for name in names:
         check_name(name, rows, "--columns")
-    return [COLUMNS.get(name) or _config_column(name, rows) for name in names]
+    return [column(name, rows) for name in names]
 
 
 CAPTION = ("errors on the validation set after the last epoch; GMACs per image, forward; "
@@ -472,20 +570,129 @@ def repeats_note(rows: list[dict[str, Any]]) -> str:
             f"The run of each seed whose results.json was written last is the one counted; --no-group shows every run")
 
 
-def to_table(rows: list[dict[str, Any]], columns: list[Column] | None = None) -> Table:
-    """A rich Table of the rows, formatted for people."""
+# -----------------------------------------------------------------------------
+# The terminal: tables that fit the screen. A number or a path is never cut: text breaks between
+# words, run names and paths fold, and where that is not enough whole columns are left out, with a
+# note naming them. The files (CSV, Markdown, the report) always have every column.
+
+FOLD_WIDTH = 16  # characters: a run name folds down to this before columns are left out
+# Characters a rich Table (default box, padding) adds: the rule at the left edge, and per column a
+# space either side and the rule after it.
+EDGE, PER_COLUMN = 1, 3
+
+# The compare table's default columns, the first to be left out first; run and top-1 error never
+# are. Memory first, then the top-k error and the settings, last what a comparison is for: the
+# model and its cost (parameters, GMACs, training images/s).
+DROP_ORDER = ("activation_bytes", "peak_memory_bytes", "top5_err", "epochs", "n_seeds", "seed",
+              "input_shape", "optimizer", "dataset", "env.threads", "env.device_name",
+              "train_images_per_s", "status", "gmacs", "params", "model")
+# What a run was and how it ended, as opposed to what it measured: with the same value in every
+# row, the terminal names it on a line above the table instead of repeating it in a column.
+CONTEXT = ("model", "dataset", "optimizer", "seed", "n_seeds", "epochs", "status", *SETUP_COLUMNS)
+
+
+def _least_width(c: Column, texts: list[str]) -> int:
+    """The narrowest column c can be without cutting a cell: a header breaks between words, a
+    number never breaks, a name or path folds down to FOLD_WIDTH, other text breaks between words;
+    and no narrower than c.least."""
+    header = max(map(cell_len, c.header.split()), default=1)
+    if c.right:
+        body = max(map(cell_len, texts), default=0)
+    elif c.fold:
+        body = min(max(map(cell_len, texts), default=0), FOLD_WIDTH)
+    else:
+        body = max((cell_len(word) for t in texts for word in t.split()), default=0)
+    natural = max(cell_len(c.header), *map(cell_len, texts))
+    return max(header, body, min(c.least, natural))
+
+
+def fit_table(columns: list[Column], rows: list[dict[str, Any]], width: int | None,
+              drop_order: tuple[str, ...] = (), **options) -> tuple[Table, list[Column]]:
+    """A rich Table of the rows, at most `width` characters wide (None: as wide as its cells), that
+    cuts no cell: columns narrow by wrapping text (_least_width), then whole columns are left out,
+    by name in drop_order, until the rest fit; the width left over widens the columns in their
+    order, up to their widest cell (a number's column all the way or not at all). Returns the
+    table and the columns left out; options go to Table (title, caption)."""
+    texts = [[c.cell(r) for r in rows] for c in columns]
+    natural = [max(cell_len(c.header), *map(cell_len, t)) for c, t in zip(columns, texts)]
+    least = [_least_width(c, t) for c, t in zip(columns, texts)]
+    kept = list(range(len(columns)))
+
+    def needed() -> int:
+        return EDGE + sum(least[i] + PER_COLUMN for i in kept)
+    for name in drop_order if width is not None else ():
+        if needed() <= width:
+            break
+        kept = [i for i in kept if columns[i].name != name]
+    spare = math.inf if width is None else width - needed()
+    table = Table(**options)
+    for i in kept:
+        grow = max(0, min(spare, natural[i] - least[i]))
+        if columns[i].right and grow < natural[i] - least[i]:
+            grow = 0  # a number's header on one line or wrapped; not split at a random word
+        spare -= grow
+        table.add_column(columns[i].header, justify="right" if columns[i].right else "left",
+                         width=least[i] + grow, overflow="fold")  # a word wider breaks, never ends in "…"
+    for n, r in enumerate(rows):
+        # Text, not str: a run folder named "[red]" must print as is, not as rich markup.
+        table.add_row(*[Text(texts[i][n]) for i in kept], style=_STATUS_STYLE.get(r.get("status")))
+    return table, [columns[i] for i in range(len(columns)) if i not in kept]
+
+
+def print_whole(table: Table, console: Console) -> None:
+    """Print a table uncropped: one wider than the screen (named --columns that do not fit) comes
+    out at its own width, and the terminal wraps its lines, rather than rich cutting them."""
+    wide = console.measure(table, options=console.options.update_width(10_000)).maximum  # characters
+    if wide <= console.width:
+        console.print(table)
+        return
+    if console.is_terminal:
+        console.print(Text(f"The table is {wide} characters wide, the terminal {console.width}: its lines wrap. "
+                           f"Name fewer --columns, or widen the terminal."), style="yellow")
+    width, console.width = console.width, wide
+    console.print(table, crop=False)
+    console.width = width
+
+
+def _left_out_note(left_out: list[Column], width: int, hint: str) -> str:
+    return f"left out to fit {width} columns: {', '.join(c.header for c in left_out)} ({hint})"
+
+
+def to_table(rows: list[dict[str, Any]], columns: list[Column] | None = None, width: int | None = None,
+             drop_order: tuple[str, ...] = ()) -> tuple[Table, list[Column]]:
+    """The comparison as a rich Table at most `width` characters wide (see fit_table), and the
+    columns left out to fit."""
     columns = columns or resolve_columns(None, rows)
     note = repeats_note(rows)
-    table = Table(title=f"cnnbench compare: {_n_runs(rows)} run(s){_grouping(rows)}",
-                  caption=Text(CAPTION + (f"\n{note}." if note else "")))  # Text: run names are not markup
-    for c in columns:
-        # No wrapping: on a narrow screen rich shortens every column evenly (with "…"), which
-        # reads better than names folded into slivers.
-        table.add_column(c.header, justify="right" if c.right else "left", no_wrap=True)
-    for r in rows:
-        # Text, not str: a run folder named "[red]" must print as is, not as rich markup.
-        table.add_row(*[Text(c.cell(r)) for c in columns], style=_STATUS_STYLE.get(r["status"]))
-    return table
+    return fit_table(columns, rows, width, drop_order,
+                     title=f"cnnbench compare: {_n_runs(rows)} run(s){_grouping(rows)}",
+                     caption=Text(CAPTION + (f"\n{note}." if note else "")))  # Text: run names are not markup
+
+
+def show_comparison(rows: list[dict[str, Any]], names: list[str] | None = None, console: Console | None = None) -> None:
+    """The comparison in the terminal. By default (names None) the default columns and
+    SETUP_COLUMNS: those of CONTEXT whose value is the same in every row are named on a line above
+    the table ("all runs: dataset=cifar10, optimizer=sgd, ..."), and columns that still do not fit
+    the screen are left out in DROP_ORDER, with a note below naming them. With names (--columns),
+    exactly those columns, wrapped to fit, or wider than the screen if they must be. To a pipe or a
+    file, at full width: there is no screen to fit."""
+    console = console or Console()
+    width = console.width if console.is_terminal else None
+    if names is None:
+        columns = [column(n, rows) for n in default_columns(rows, SETUP_COLUMNS)]
+        same = [c for c in columns if c.name in CONTEXT and len({c.cell(r) for r in rows}) == 1]
+        columns = [c for c in columns if c.name not in {s.name for s in same}]
+        shown = [f"{c.header}={c.cell(rows[0]).replace(', ', ',')}" for c in same  # seed=0,1,2
+                 if c.cell(rows[0]) != NULL and not (c.name == "n_seeds" and c.cell(rows[0]) == "1")]
+        if shown:
+            console.print(Text("all runs: " + ", ".join(shown)))
+    else:
+        columns = [column(n, rows) for n in names]
+    table, left_out = to_table(rows, columns, width, DROP_ORDER if names is None else ())
+    print_whole(table, console)
+    if left_out:
+        console.print(Text(_left_out_note(left_out, width, "--columns brings them back: " +
+                                          ", ".join(c.name for c in left_out))))
 
 
 def _md_line(cells: list[str]) -> str:
@@ -554,21 +761,66 @@ def _log_x_if_wide(ax, values: list[float]) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _scatter(ax, points, x_key: str, sizes: list[float]) -> None:
-    """Markers (gid "runs", one per row), ± std bars for groups of seeds, and run-name labels."""
+def _config_leaves(config: dict, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} of every leaf of a config."""
+    leaves = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            leaves.update(_config_leaves(v, f"{prefix}{k}."))
+        else:
+            leaves[prefix + k] = v
+    return leaves
+
+
+def plot_labels(rows: list[dict[str, Any]]) -> list[str]:
+    """A short name for each row in the plots. A sweep job's folder already names what differs
+    (model=resnet56,seed=1) and is kept; a run outside a sweep, whose folder is a time and a model
+    (2026-11-29_20-14-40_lenet5_fashion_mnist), is named by up to three config keys that differ
+    between the rows, the model by its name alone (lenet5,lr=0.01), else by its model. Labels that
+    would still be the same are the rows' run names, or get #2, #3."""
+    leaves = [_config_leaves(r.get("config") or {}) for r in rows]
+    ignored = bookkeeping_keys(*[r.get("config") or {} for r in rows])
+    keys = sorted(dict.fromkeys(k for row in leaves for k in row), key=lambda k: k != "model.name")  # model first
+    differ = [k for k in keys if k not in ignored and len({raw_text(row.get(k)) for row in leaves}) > 1]
+
+    def label(r, config):
+        folder = r["run"].rsplit("/", 1)[-1]
+        if "=" in folder or not config:
+            return folder if "=" in folder else _fmt(r.get("model"), "")
+        parts = [raw_text(config.get(k)) if k == "model.name" else
+                 f"{k.rsplit('.', 1)[0] if k.endswith('.name') else k.rsplit('.', 1)[-1]}={raw_text(config.get(k))}"
+                 for k in differ[:3]]
+        return ",".join(parts) or _fmt(r.get("model"), "")
+    labels = [label(r, config) for r, config in zip(rows, leaves)]
+    labels = [r["run"] if labels.count(text) > 1 else text for r, text in zip(rows, labels)]
+    seen: dict[str, int] = {}
+    for i, text in enumerate(labels):
+        seen[text] = seen.get(text, 0) + 1
+        if seen[text] > 1:
+            labels[i] = f"{text} #{seen[text]}"
+    return labels
+
+
+def _scatter(ax, points, x_key: str, sizes: list[float], labels: list[str]) -> None:
+    """Markers (gid "runs", one per row), ± std bars for groups of seeds, and each row's label
+    (plot_labels) beside its marker, on the side towards the middle of the axes."""
     xs = [r[x_key] for _, r in points]
     ys = [100 * r["top1_err"] for _, r in points]
     ax.scatter(xs, ys, s=sizes, c=[_colour(i) for i, _ in points], alpha=0.55, edgecolors="black",
                linewidths=0.6, gid="runs", zorder=3)
+    _log_x_if_wide(ax, xs)
+    ax.margins(0.1)  # room for the largest bubbles and their labels
+    ax.autoscale_view()
+    to_axes = ax.transData + ax.transAxes.inverted()  # data -> fraction of the axes
     for (i, r), x, y, area in zip(points, xs, ys, sizes):
         std = r.get("std", {})
         if "top1_err" in std or x_key in std:
             ax.errorbar(x, y, yerr=100 * std.get("top1_err", 0.0), xerr=std.get(x_key, 0.0),
                         fmt="none", ecolor=_colour(i), capsize=3, zorder=2)
         off = 0.7 * math.sqrt(area) / 2 + 3  # points: beside the bubble's edge, not on it
-        ax.annotate(r["run"], (x, y), xytext=(off, off), textcoords="offset points", fontsize=8)
-    _log_x_if_wide(ax, xs)
-    ax.margins(0.1)  # room for the largest bubbles and their labels
+        left = to_axes.transform((x, y))[0] > 0.6  # right of the middle: the label goes left, inside the axes
+        ax.annotate(labels[i], (x, y), xytext=(-off if left else off, off), textcoords="offset points",
+                    ha="right" if left else "left", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     ax.set_ylabel("top-1 error % (validation, last epoch)")
 
@@ -597,7 +849,7 @@ def bubble_figure(rows: list[dict[str, Any]]):
     if points:
         largest = max(r["params"] for _, r in points)
         area = [max(BUBBLE_AREA * r["params"] / largest, MIN_BUBBLE_AREA) for _, r in points]
-        _scatter(ax, points, "gmacs", area)
+        _scatter(ax, points, "gmacs", area, plot_labels(rows))
         # Key: powers of ten within the range of parameters, drawn at the same scale.
         smallest = min(r["params"] for _, r in points)
         refs = [10**k for k in range(math.ceil(math.log10(smallest)), math.floor(math.log10(largest)) + 1)]
@@ -622,7 +874,7 @@ def throughput_figure(rows: list[dict[str, Any]]):
     ax = fig.add_subplot()
     points, _ = _plottable(rows, ("train_images_per_s", "top1_err"))
     if points:
-        _scatter(ax, points, "train_images_per_s", [60.0] * len(points))
+        _scatter(ax, points, "train_images_per_s", [60.0] * len(points), plot_labels(rows))
     else:
         _nothing_to_plot(ax, "a training speed and a top-1 error")
     ax.set_xlabel("training images/s (median over epochs; on each run's own device)")
@@ -649,7 +901,8 @@ def curves_figure(rows: list[dict[str, Any]]):
 
     fig = _new_figure(11.0, 5.0)
     axes = fig.subplots(1, 2, sharey=True)
-    drawn = 0
+    drawn, shown = 0, []  # lines, epochs drawn
+    labels = plot_labels(rows)
     for i, r in enumerate(rows):
         if r["status"] == "failed":
             continue
@@ -657,7 +910,8 @@ def curves_figure(rows: list[dict[str, Any]]):
             epochs, mean, std = _curve(r.get("runs", [r]), key)
             if not epochs:
                 continue
-            ax.plot(epochs, mean, marker="o", markersize=3, color=_colour(i), gid=r["run"], label=r["run"])
+            ax.plot(epochs, mean, marker="o", markersize=3, color=_colour(i), gid=r["run"], label=labels[i])
+            shown += epochs
             if any(std):
                 ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                                 color=_colour(i), alpha=0.2, linewidth=0)
@@ -665,7 +919,9 @@ def curves_figure(rows: list[dict[str, Any]]):
     for ax, title in zip(axes, ("training set (during each epoch)", "validation set (after each evaluated epoch)")):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # no epoch 1.5, even with one epoch
+        if shown:  # half an epoch either side: one epoch is a point at 1, not at 0.945 ... 1.05
+            ax.set_xlim(min(shown) - 0.5, max(shown) + 0.5)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("top-1 error %")
     if drawn:
@@ -720,9 +976,18 @@ def _left_out(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> str:
     return f"Not plotted: {', '.join(runs)}." if runs else ""
 
 
+def _labels_note(rows: list[dict[str, Any]]) -> str:
+    """'In the plots: label = run, ...' for the rows whose plot label is not (the end of) their run's
+    name, or ''."""
+    named = [f"{label} = {r['run']}" for r, label in zip(rows, plot_labels(rows)) if not r["run"].endswith(label)]
+    return f"In the plots: {'; '.join(named)}." if named else ""
+
+
 def to_report_markdown(rows, columns, note: str, images: dict[str, bytes]) -> str:
     """report.md: the table, the plots (PNG files beside it) and the runs that did not complete."""
     parts = [f"# cnnbench report\n\n{note}\n\n", to_markdown(rows, columns)]
+    if _labels_note(rows):
+        parts.append(f"\n{_labels_note(rows)}\n")
     for name, title, _, keys in PLOTS:
         parts.append(f"\n## {title}\n\n![{title}]({name})\n")
         if name in images and _left_out(rows, keys):
@@ -760,6 +1025,8 @@ def to_report_html(rows, columns, note: str, images: dict[str, bytes]) -> str:
              f"<p><small>{html.escape(CAPTION)}.</small></p>\n"]
     if repeats_note(rows):
         parts.append(f"<p>{html.escape(repeats_note(rows))}.</p>\n")
+    if _labels_note(rows):
+        parts.append(f"<p>{html.escape(_labels_note(rows))}</p>\n")
     for name, title, _, keys in PLOTS:
         if name in images:
             data = base64.b64encode(images[name]).decode("ascii")
@@ -843,7 +1110,7 @@ def compare_main(paths: list[str], out: str | None, columns: list[str] | None = 
                             "variable). Name the folders that hold your runs, and a folder for --out.")
     runs = load_rows(paths)
     selected = parse_filters(list(filters), runs)
-    chosen = resolve_columns(columns, runs)
+    resolve_columns(columns, runs)  # every name checked before anything is written
     check_name(sort, runs, "--sort")
     kept = filter_rows(runs, selected)
     if not kept:
@@ -853,28 +1120,40 @@ def compare_main(paths: list[str], out: str | None, columns: list[str] | None = 
             + "; ".join(f"{k}: {', '.join(v[:12]) or '(empty)'}{' …' if len(v) > 12 else ''}" for k, v in seen.items())
             + ". Patterns are shell-style and case-sensitive; quote them so the shell leaves * alone.")
     rows = sort_rows(group_rows(kept, seeds=group_seeds), sort, descending)
+    chosen = [column(name, rows) for name in columns or default_columns(rows)]  # headers for these rows
     try:
         out_dir = _out_dir(paths, out)
     except OSError as e:  # cannot create it: read-only, or a file on its path
         raise _unwritable(e, out or paths[0]) from None
-    print_table(to_table(rows, chosen))
+    console = Console()
+    show_comparison(rows, columns, console)
     try:
         atomic_write_text(out_dir / "comparison.csv", to_csv(sort_rows(kept, sort, descending)))
         atomic_write_text(out_dir / "comparison.md", to_markdown(rows, chosen))
         report = write_report(out_dir, rows, chosen, _selection_note(paths, selected, sort, descending, rows))
     except OSError as e:  # full, read-only, or a folder where a file goes
         raise _unwritable(e, out_dir) from None
-    print(f"wrote {out_dir / 'comparison.csv'}, {out_dir / 'comparison.md'} and "
-          f"{report[0]} (also {', '.join(p.name for p in report[1:])})")
+    # The folder whole, on its own line: a path wider than the screen is wrapped by the terminal
+    # (it copies as one), not broken by rich.
+    console.print(Text(f"wrote into {out_dir}{os.sep}"), soft_wrap=True)
+    console.print(Text(f"comparison.csv, comparison.md, {', '.join(p.name for p in report)}"))
     return 0
 
 
 # -----------------------------------------------------------------------------
 # The model zoo
 
-def models_table(pattern: str = "*", input_shape: tuple | None = None, classes: int | None = None) -> Table:
+MODEL_COLUMNS = ("name", "family", "year", "paper", "input", "classes", "params", "GMACs", "min px")
+MODEL_DROP_ORDER = ("paper", "family", "year", "min px", "classes", "input")  # the first left out first
+PAPER_WIDTH = 40  # characters: a paper title wrapped narrower than this goes below the table instead
+
+
+def models_table(pattern: str = "*", input_shape: tuple | None = None, classes: int | None = None,
+                 console: Console | None = None) -> Table:
     """`cnnbench models`: every registered architecture with its parameters and GMACs, counted on
-    the meta device (shapes only, no arithmetic), at each paper's input or at input_shape."""
+    the meta device (shapes only, no arithmetic), at each paper's input or at input_shape. Fits the
+    terminal: names and numbers are never cut; paper titles that would wrap into a narrow column are
+    listed below the table, and columns that still do not fit are left out in MODEL_DROP_ORDER."""
     import torch
 
     from cnnbench.measure import count_macs_of, count_params
@@ -883,11 +1162,7 @@ def models_table(pattern: str = "*", input_shape: tuple | None = None, classes: 
     names = list_models(pattern)
     if not names:
         raise CnnbenchError(f"No model matches {pattern!r}. Known models: {', '.join(list_models())}.")
-    at = "x".join(map(str, input_shape)) if input_shape else "each paper's input size"
-    table = Table(title=f"cnnbench models ({len(names)}), counted at {at}",
-                  caption="GMACs: 10^9 multiply-accumulates per image, forward; FLOPs = 2 x MACs")
-    for header in ("name", "family", "year", "paper", "input", "classes", "params", "GMACs", "min px"):
-        table.add_column(header, justify="right" if header in ("params", "GMACs", "min px", "year") else "left")
+    rows = []
     for name in names:
         info = get_model_info(name)
         shape = input_shape or info.default_input
@@ -903,9 +1178,30 @@ def models_table(pattern: str = "*", input_shape: tuple | None = None, classes: 
                 model = create_model(name, num_classes=n_classes, in_channels=shape[0])
             params = f"{count_params(model)[0]:,}"  # for inference: no auxiliary heads
             macs = gmacs(count_macs_of(model, shape))
-        table.add_row(name, info.family, str(info.year), Text(info.paper), "x".join(map(str, shape)),
-                      str(n_classes), params, macs, str(min_px))
-    print_table(table)
+        rows.append(dict(zip(MODEL_COLUMNS, (name, info.family, str(info.year), info.paper, "x".join(map(str, shape)),
+                                             str(n_classes), params, macs, str(min_px)))))
+    columns = [Column(h, lambda r, h=h: r[h], h in ("year", "params", "GMACs", "min px"), name=h,
+                      least=PAPER_WIDTH if h == "paper" else 0) for h in MODEL_COLUMNS]
+    console = console or Console()
+    width = console.width if console.is_terminal else None  # a pipe or a file: every column, whole
+    at = "x".join(map(str, input_shape)) if input_shape else "each paper's input size"
+    table, left_out = fit_table(columns, rows, width, MODEL_DROP_ORDER,
+                                title=f"cnnbench models ({len(names)}), counted at {at}",
+                                caption="GMACs: 10^9 multiply-accumulates per image, forward; FLOPs = 2 x MACs")
+    print_whole(table, console)
+    if any(c.name == "paper" for c in left_out):  # each paper once, after the models from it
+        papers: dict[str, list[str]] = {}
+        for r in rows:
+            papers.setdefault(r["paper"], []).append(r["name"])
+        grid = Table.grid(padding=(0, 2), pad_edge=True)  # characters: an indent, and between the columns
+        grid.add_column(overflow="fold", max_width=console.width // 3)
+        grid.add_column(overflow="fold")
+        for paper, models in papers.items():
+            grid.add_row(Text(", ".join(models)), Text(paper))
+        console.print(Text("papers:"), grid)
+        left_out = [c for c in left_out if c.name != "paper"]
+    if left_out:
+        console.print(Text(_left_out_note(left_out, width, "a wider terminal shows them")))
     return table
 
 

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import random
+import shlex
 import shutil
 import signal
 import statistics
@@ -61,10 +62,13 @@ def _value(x):
 # Validation: everything the schema cannot check, before any work
 # ---------------------------------------------------------------------------------------------
 
+# ModelConf's keys that are not architecture options (every model takes weights and freeze)
+_NOT_OPTIONS = {"name", "num_classes", "in_channels", "weights", "freeze"}
+
+
 def model_options(model_cfg) -> Dict[str, Any]:
     """The architecture options set in the config (null = the architecture's default)."""
-    skip = {"name", "num_classes", "in_channels", "weights", "freeze"}  # not the builder's
-    return {k: _value(v) for k, v in model_cfg.items() if k not in skip and v is not None}
+    return {k: _value(v) for k, v in model_cfg.items() if k not in _NOT_OPTIONS and v is not None}
 
 
 def image_size_for(cfg) -> int:
@@ -78,9 +82,48 @@ def image_size_for(cfg) -> int:
     return min(size, info.max_size) if info.max_size else size
 
 
+def resolve(cfg: DictConfig) -> DictConfig:
+    """What the composed config means for this job, in place: `per_model` options for this model
+    written onto model.* (a named model's options first refused if it lacks one; `any` applies
+    where the model has the option). Idempotent; the CLI calls it as each job's config is composed,
+    validate() again for callers that compose themselves."""
+    from cnnbench.config import ModelConf
+    from cnnbench.models import list_models
+
+    per_model = cfg.get("per_model") or {}
+    if not per_model:
+        return cfg
+    name, known = cfg.model.name, set(list_models())
+    for model in per_model:
+        if model != "any" and model not in known:
+            guess = difflib.get_close_matches(model, known, n=1)
+            raise CnnbenchError(f"per_model.{model}: there is no model {model!r}"
+                                f"{f' (did you mean {guess[0]}?)' if guess else ''}. Name a model "
+                                f"(`cnnbench models` lists them), or per_model.any for every model that has the "
+                                f"option.")
+    options = set(ModelConf.__dataclass_fields__) - _NOT_OPTIONS  # what some architectures have
+    own = set(get_model_info(name).options) | {"weights", "freeze"}
+    for model in ("any", name):
+        for key, value in (per_model.get(model) or {}).items():
+            if key not in own:
+                if model == "any" and key in options:
+                    continue  # another model's option: this one runs without it
+                raise CnnbenchError(f"per_model.{model}.{key} does not apply to {name}: its options are "
+                                    f"{', '.join(sorted(own))}. Remove it, or use per_model.any.{key} to give it "
+                                    f"only to the models that have it.")
+            try:
+                cfg.model[key] = value
+            except Exception as e:  # the schema's type check (an enum value, a number)
+                raise CnnbenchError(f"per_model.{model}.{key}={value}: {str(e).splitlines()[0]}. Give it a value "
+                                    f"model.{key} takes.") from None
+    return cfg
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise CnnbenchError for values the typed schema accepts but that cannot work."""
     from cnnbench.config import Config
+
+    resolve(cfg)
 
     known = list(Config.__dataclass_fields__)
     try:  # an interpolation that cannot resolve (${oc.env:UNSET}, ${no.such.key}) fails here, not mid-run
@@ -123,7 +166,7 @@ def validate(cfg: DictConfig) -> None:
                        ("trainer.max_eval_steps", t.max_eval_steps), ("trainer.threads", t.threads),
                        ("trainer.checkpoint_every_steps", t.checkpoint_every_steps),
                        ("dataset.train_size", d.train_size), ("dataset.val_size", d.val_size),
-                       ("dataset.num_workers", d.num_workers)]:
+                       ("dataset.num_workers", d.num_workers or 0)]:
         if not value >= 0 or not math.isfinite(value):
             raise CnnbenchError(f"{key}={value} is {'negative' if value < 0 else 'not a number'}. Set it to 0 "
                                 f"or more.")
@@ -132,7 +175,8 @@ def validate(cfg: DictConfig) -> None:
                             f"core) or the number of cores to use.")
     if m.weights is not None and not Path(m.weights).expanduser().is_file():
         raise CnnbenchError(f"model.weights={m.weights}: no such file. Give the path of a .pth state dict.")
-    for key, value in [("model.dropout", m.dropout), ("trainer.label_smoothing", t.label_smoothing)]:
+    for key, value in [("model.dropout", m.dropout), ("trainer.label_smoothing", t.label_smoothing),
+                       ("dataset.val_fraction", d.val_fraction)]:
         if value is not None and not 0 <= value < 1:
             raise CnnbenchError(f"{key}={value} is outside [0, 1). Use a probability such as 0.5.")
     if d.num_classes is not None and d.num_classes < 1:
@@ -201,11 +245,11 @@ def validate(cfg: DictConfig) -> None:
     min_size = info.min_input(**options)
     size = image_size_for(cfg)
     if size < min_size:
-        raise CnnbenchError(f"dataset.image_size={size} is too small for {m.name}: it needs at least "
-                            f"{min_size} px. Set dataset.image_size={min_size} or more (or leave it "
+        raise CnnbenchError(f"dataset.image_size={size}{_size_source(cfg)} is too small for {m.name}: it needs at "
+                            f"least {min_size} px. Set dataset.image_size={min_size} or more (or leave it "
                             f"unset to use the smallest size the model takes).")
     if info.max_size and size > info.max_size:
-        raise CnnbenchError(f"dataset.image_size={size} is too large for {m.name}, which takes "
+        raise CnnbenchError(f"dataset.image_size={size}{_size_source(cfg)} is too large for {m.name}, which takes "
                             f"{info.max_size} px. Set dataset.image_size={info.max_size}.")
     if d.batch_size == 1:  # every training batch has this size: can the model train on one image?
         try:  # a training-mode forward on the meta device: shapes only, milliseconds
@@ -232,6 +276,19 @@ def validate(cfg: DictConfig) -> None:
         raise CnnbenchError(f"trainer.device={dev!r} is not a device. Use auto, cpu, cuda or cuda:N.")
 
 
+def _size_source(cfg: DictConfig) -> str:
+    """Where dataset.image_size came from when the user may not have set it: ' (the default of
+    dataset=X, in conf/dataset/X.yaml)' if the dataset's file sets it to this value, else ''. (When
+    it is null the size is the native one, raised or lowered to what the model takes: no error.)"""
+    from cnnbench.cli import CONF_DIR
+
+    name = _value(cfg.dataset.name)
+    path = Path(CONF_DIR, "dataset", f"{name}.yaml")
+    if path.is_file() and OmegaConf.load(path).get("image_size") == cfg.dataset.image_size:
+        return f" (the default of dataset={name}, in conf/dataset/{name}.yaml)"
+    return ""
+
+
 # Settings that one choice of a group reads, and the choice (other choices leave them at the
 # schema's default): set for another choice, they would be recorded and ignored, so they are refused.
 _USED_ONLY_BY = {
@@ -239,6 +296,7 @@ _USED_ONLY_BY = {
     "scheduler.step_epochs": "scheduler=step", "scheduler.gamma": "scheduler=step",
     "scheduler.pct_start": "scheduler=onecycle", "scheduler.div_factor": "scheduler=onecycle",
     "dataset.num_workers": "dataset=imagefolder",  # in-memory datasets use no workers
+    "dataset.val_fraction": "dataset=imagefolder",  # the others come with their test split
 }
 
 
@@ -356,8 +414,6 @@ def _prepare(t, seed: int, world: distributed.World = distributed.World()) -> to
         if device.index is None:  # trainer.device=cuda or auto: the GPU CUDA calls current
             device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
-    if t.threads:
-        torch.set_num_threads(t.threads)
     # Set either way: an earlier job of a sweep in this process may have turned it on. warn_only:
     # a layer with no deterministic CUDA kernel (adaptive average pooling's backward to 7x7, as in
     # VGG and AlexNet) warns, naming itself, instead of ending the run.
@@ -367,6 +423,32 @@ def _prepare(t, seed: int, world: distributed.World = distributed.World()) -> to
     torch.backends.cudnn.benchmark = device.type == "cuda" and not t.deterministic
     _seed_everything(seed)
     return device
+
+
+def _use_cores(t, d, device: torch.device) -> Optional[float]:
+    """Set torch's CPU threads for this job (every job: an earlier one in this process may have
+    changed them): trainer.threads, or measure.cpu_plan's choice for the cores, the other processes
+    ready to run now, and an image folder's DataLoader workers. Returns those other processes'
+    runnable threads (None where the OS does not tell)."""
+    others = measure.other_runnable()
+    reads_files = d is not None and _value(d.name) == "imagefolder"
+    threads, _ = measure.cpu_plan(device.type, measure.cores_per_process(), others or 0, t.threads,
+                                  d.num_workers if reads_files else None, reads_files)
+    torch.set_num_threads(threads)
+    return others
+
+
+def _busy_note(env: dict) -> Optional[str]:
+    """The warning for a run that shared the CPU (other processes' threads ready to run, at its start
+    or end, a quarter of the cores or more), or None."""
+    others = max(env.get("others_start") or 0, env.get("others_end") or 0)
+    if others < max(1, env["cpus"] / 4):
+        return None
+    return (f"The machine was busy: {others:g} thread(s) of other processes were ready to run (1-minute load average "
+            f"{env.get('load_start')} at the start, {env.get('load_end')} at the end, on {env['cpus']} cores), so "
+            f"this run's images/s and seconds understate what the machine does alone. cnnbench used {env['threads']} "
+            f"thread(s) (trainer.threads=0 leaves the busy cores out). Compare speed only with runs on an idle "
+            f"machine (`cnnbench compare --columns run,model,train_images_per_s,env.load_start`).")
 
 
 def _seed_everything(seed: int) -> None:
@@ -423,6 +505,11 @@ class Run:
         return self.dir / "checkpoints" / "best.pt"
 
 
+def resume_command(run_dir: Path, *extra: str) -> str:
+    """The command that continues the run in run_dir, ready to paste into a shell."""
+    return " ".join(["cnnbench", "resume", shlex.quote(str(run_dir)), *extra])
+
+
 def check_run_dir(cfg: DictConfig, run_dir: Path, keep: bool = False) -> Optional[Dict[str, Any]]:
     """Refuse to start a fresh run over an existing one, to resume nothing, or to resume from a
     checkpoint that is unreadable, of another model or of another config. The CLI calls it before
@@ -434,20 +521,22 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, keep: bool = False) -> Optiona
         if not run.last.is_file():
             raise CnnbenchError(
                 f"trainer.resume=true but {run.last} does not exist. Resume names the run directory "
-                f"of an earlier run: cnnbench train ... hydra.run.dir=<that directory> trainer.resume=true.")
+                f"of an earlier run: cnnbench resume <that directory> (or cnnbench train <its overrides> "
+                f"hydra.run.dir=<that directory> trainer.resume=true).")
         state = track.load_checkpoint(run.last, cfg.model.name, keep=keep)
         changed = [k for k in _config_differences(state.get("config") or {}, _config_dict(cfg))
                    if k not in _RESUMABLE_CHANGES]
         if changed:
             raise CnnbenchError(
                 f"{run.last} was saved by a run with another config ({', '.join(changed[:6])} differ); resuming "
-                f"would mix two experiments. Resume with the run's own settings (see {run.dir}/.hydra/"
-                f"overrides.yaml; only trainer.epochs and how the run is logged may change), or start a new run.")
+                f"would mix two experiments. Resume it with its own settings: {resume_command(run.dir)} (only "
+                f"trainer.epochs and how the run is logged may change, e.g. trainer.epochs=N), or start a new run.")
         done = state["epoch"]
         if done >= cfg.trainer.epochs and not state.get("epoch_state"):
             raise CnnbenchError(
                 f"{run.dir} has trained {done} epoch(s) and trainer.epochs={cfg.trainer.epochs}: there is nothing "
-                f"left to resume. To train it longer, raise trainer.epochs (e.g. trainer.epochs={2 * done}).")
+                f"left to resume. To train it longer, raise trainer.epochs: "
+                f"{resume_command(run.dir, f'trainer.epochs={2 * done}')}")
         return state
     if run.results.exists() or run.last.exists():
         raise CnnbenchError(
@@ -570,6 +659,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     m, d, o, s, t = cfg.model, cfg.dataset, cfg.optimizer, cfg.scheduler, cfg.trainer
     world = distributed.world()  # torchrun's processes; one without it
     device = _prepare(t, cfg.seed, world)
+    others_start = _use_cores(t, d, device)
     distributed.barrier()  # every process has checked the run directory before rank 0 writes to it
     main = world.main  # only this process writes results, TensorBoard and checkpoints
 
@@ -651,13 +741,16 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "cudnn_benchmark": torch.backends.cudnn.benchmark, "fused_optimizer": bool(optimizer.defaults.get("fused")),
         "compile_s": None, "data_wait_s": None, "compute_s": None, "mfu": None,
         "mfu_note": measure.mfu_note(device, amp),
-        "train_images": data.train_size, "val_images": data.val_size, "data_source": data.source,
+        "train_images": data.train_size, "train_images_used": data.train_used,  # the split; per epoch, whole batches
+        "val_images": data.val_size, "data_source": data.source,
         "classes": data.classes,  # [{index, name, train_images, val_images}]
         "schedule_changes": [],  # resumes that changed trainer.epochs: the schedule recomputed (_extend_schedule)
         "data_bytes": data.bytes,  # in-memory datasets: held on the device, so part of peak_memory_bytes
         "epochs": 0, "top1_err": None, "top5_err": None, "loss": None,
         "best_top1_err": None, "best_epoch": None, "wall_time_s": 0.0, "history": [],
-        "env": measure.environment(device),
+        "env": {**measure.environment(device), "others_start": others_start},
+        "data_workers": data.workers,  # DataLoader worker processes (image folders; null: none used)
+        "busy_note": None,  # set when other processes competed for the CPU (_busy_note)
         "config": _config_dict(cfg),
         "overrides": _job_overrides(),  # the command line's, in full (a sweep job's folder name may be cut)
     }
@@ -677,6 +770,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         where = f", batch {resumed_epoch.step + 1}" if resumed_epoch else ""
         log.info(f"Resuming {run.dir} at epoch {start_epoch + 1}{where} (step {global_step}).")
 
+    if data.train_used < data.train_size:
+        batch = f"{d.batch_size} x {world.size} processes" if world.active else d.batch_size
+        log.info(f"Training on {data.train_used:,} of the {data.train_size:,} training images each epoch: batches "
+                 f"are whole (dataset.batch_size={batch}), so {data.train_size - data.train_used:,} are left out, "
+                 f"others each epoch (the order is shuffled).")
     log.info(f"{m.name}: {params:,} parameters, {gmacs(macs)} GMACs/image at {image_size} px; "
              f"{_value(d.name)} ({data.train_size:,} train / {data.val_size:,} val, {data.source}) "
              f"on {device}")
@@ -765,10 +863,12 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                     improved = False
                 tb.scalars({"images_per_s": stats["images_per_s"]}, global_step)
                 results["history"].append(row)
-                # images actually used: less the unreadable files of an image folder (each replaced by a
-                # readable one) and any batch left out short (summed over torchrun's processes)
-                left_out = torch.tensor([float(train_loader.left_out)], device=device)
-                results["train_images"] = data.train_size - int(distributed.all_sum(left_out))
+                # An image folder's unreadable files are not images of the split (each one's place in a batch
+                # went to the next readable image), nor are short batches trained on (summed over processes)
+                lost = torch.tensor([len(train_loader.unreadable), train_loader.short_batches * d.batch_size],
+                                    dtype=torch.float64, device=device)
+                unreadable, short = (int(v) for v in distributed.all_sum(lost).tolist())
+                results.update(train_images=data.train_size - unreadable, train_images_used=data.train_used - short)
                 results["epochs"] = epoch + 1
                 results["skipped_steps"] = sum(r.get("skipped_steps") or 0 for r in results["history"])
                 rates = [r["images_per_s"] for r in results["history"] if r["images_per_s"]]
@@ -778,7 +878,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                 results["mfu"] = measure.mfu(macs, results["train_images_per_s"], device, amp, world.size)
                 results["peak_memory_bytes"], results["peak_memory_kind"] = measure.peak_memory(device)
                 results["wall_time_s"] = prior_wall + time.perf_counter() - t_start
-                log.info(_epoch_line(row, t.epochs))
+                log.info(_epoch_line(row, t.epochs, num_classes))
                 if t.checkpoint:
                     save_last(epoch + 1, global_step)
                     if improved and main:
@@ -791,7 +891,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         how = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
-        saved = f"; continue it from {last_saved} with trainer.resume=true" if last_saved else ""
+        saved = f"; continue it from {last_saved} with: {resume_command(run.dir)}" if last_saved else ""
         results.update(status="interrupted", error=f"interrupted by {how}{saved}")
         record()
         tb.close()
@@ -812,8 +912,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                 pass
             saved = f"{last_saved} is whole; " if last_saved else ""
             raise RunFailed(f"The disk holding {run.dir} is full ({e.filename or 'writing the run'}). The run stopped: "
-                            f"{saved}free some space, then continue it with trainer.resume=true and the same "
-                            f"hydra.run.dir (or start again with trainer.checkpoint=false).") from None
+                            f"{saved}free some space, then continue it with: {resume_command(run.dir)} (or start "
+                            f"again with trainer.checkpoint=false).") from None
         oom = _out_of_memory(e, device, d.batch_size)
         results.update(status="failed", error=oom or f"{type(e).__name__}: {e}")
         record()
@@ -826,6 +926,10 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         results["weights_in_sync"] = distributed.weights_agree(model)  # DDP's promise, checked
     results["status"] = "completed"
     results["wall_time_s"] = prior_wall + time.perf_counter() - t_start
+    results["env"].update(load_end=measure.load_average(), others_end=measure.other_runnable())
+    results["busy_note"] = _busy_note(results["env"])
+    if results["busy_note"]:
+        log.warning(results["busy_note"])
     record()
     if t.log_filters:
         tb.filters(model, global_step)  # what training made of them
@@ -866,9 +970,10 @@ def _extend_schedule(checkpoint: dict, optimizer, scheduler, s, epochs: int, ste
                     f"{old_lr:.3g} to {new_lr:.3g}. results.json records it in schedule_changes.")
 
 
-def _epoch_line(row: dict, epochs: int) -> str:
+def _epoch_line(row: dict, epochs: int, classes: int) -> str:
+    """One epoch's line of the log. Top-5 is top-k with k = min(5, classes) (engine.topk_errors), and says so."""
     val = (f" | val loss {row['val_loss']:.4f} top-1 err {100 * row['val_top1_err']:.2f}% "
-           f"top-5 err {100 * row['val_top5_err']:.2f}%") if row["val_loss"] is not None else ""
+           f"top-{min(5, classes)} err {100 * row['val_top5_err']:.2f}%") if row["val_loss"] is not None else ""
     rate = f"{row['images_per_s']:,.0f} img/s" if row["images_per_s"] else "—"
     return (f"epoch {row['epoch']}/{epochs} | train loss {row['train_loss']:.4f} top-1 err "
             f"{100 * row['train_top1_err']:.2f}%{val} | {rate} | {row['seconds']:.1f} s")
@@ -1030,6 +1135,7 @@ def profile(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     check_profile_dir(Path(run_dir))
     m, t, p = cfg.model, cfg.trainer, cfg.profile
     device = _prepare(t, cfg.seed)
+    _use_cores(t, None, device)
     image_size = image_size_for(cfg)
     input_shape = (m.in_channels, image_size, image_size)
     num_classes = m.num_classes or 1000  # imagefolder counts its folders; any count costs alike

@@ -26,8 +26,9 @@ BOOKKEEPING_KEYS = {"trainer.resume", "trainer.skip_completed", "trainer.progres
 
 
 # Settings added after runs were saved without them, at the value those runs trained with: a
-# config from before trainer.compile_mode existed compiled in torch.compile's default mode.
-ADDED_SETTINGS = {"trainer.compile_mode": "default"}
+# config from before trainer.compile_mode existed compiled in torch.compile's default mode; one
+# from before dataset.val_fraction validated on val/; one from before per_model had none.
+ADDED_SETTINGS = {"trainer.compile_mode": "default", "dataset.val_fraction": 0.0, "per_model": {}}
 
 
 def with_added_settings(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -35,8 +36,10 @@ def with_added_settings(config: Dict[str, Any]) -> Dict[str, Any]:
     so that an older run still resumes, and matches or groups with a new run of its config."""
     out = {section: dict(v) if isinstance(v, dict) else v for section, v in (config or {}).items()}
     for key, value in ADDED_SETTINGS.items():
-        section, name = key.split(".", 1)
-        if isinstance(out.get(section), dict):
+        section, _, name = key.partition(".")
+        if not name:  # a top-level setting
+            out.setdefault(section, value)
+        elif isinstance(out.get(section), dict):
             out[section].setdefault(name, value)
     return out
 
@@ -146,8 +149,8 @@ def load_checkpoint(path, model_name: str, keep: bool = False) -> Dict[str, Any]
                             f"that wrote it, or start a new run (another hydra.run.dir, without trainer.resume).")
     if state.get("model") != model_name:
         raise CnnbenchError(f"Checkpoint {path} holds a {state.get('model')!r} model, but this run is "
-                            f"model={model_name}. Resume with model={state.get('model')} (and the run's other "
-                            f"overrides), or start a new run in another hydra.run.dir.")
+                            f"model={model_name}. Resume it with its own overrides: cnnbench resume "
+                            f"{Path(path).parent.parent}, or start a new run in another hydra.run.dir.")
     if keep and key is not None and _file_key(path) == key:
         _KEPT[key] = state
     return state

@@ -1,8 +1,15 @@
-"""The other commands, as a user types them: models, compare, --help, python -m cnnbench."""
+"""The other commands, as a user types them: models, compare, resume, --help, --version, python -m
+cnnbench."""
 
 import csv
+from pathlib import Path
+
+import torch
+import yaml
 
 from conftest import TINY, cnnbench, read_results
+
+from cnnbench import __version__, cli
 
 
 def test_models_lists_the_zoo_with_counts(tmp_path):
@@ -42,6 +49,54 @@ def test_compare_with_nothing_to_compare(tmp_path):
 
 def test_top_level_help_and_version(tmp_path):
     r = cnnbench("--help", cwd=tmp_path)
-    assert r.returncode == 0 and "train" in r.stdout and "compare" in r.stdout and "models" in r.stdout
+    assert r.returncode == 0 and all(c in r.stdout for c in ("train", "resume", "profile", "compare", "models"))
     v = cnnbench("--version", cwd=tmp_path)
-    assert v.returncode == 0 and v.stdout.startswith("cnnbench ")
+    assert v.returncode == 0 and v.stdout.startswith(f"cnnbench {__version__} (torch {torch.__version__}, ")
+    assert ("CUDA" if torch.version.cuda else "CPU only") in v.stdout
+
+
+def test_each_command_has_its_own_help_and_version(capsys):
+    assert cli.main(["train", "--version"]) == 0  # not Hydra's
+    assert capsys.readouterr().out.startswith(f"cnnbench {__version__} (torch {torch.__version__}, ")
+    assert cli.main(["profile", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("cnnbench profile:") and "Usage: cnnbench profile [--layers]" in out
+    assert "profile.batch_sizes=[1,32]" in out and "cnnbench train:" not in out
+    assert cli.main(["resume", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: cnnbench resume RUN_DIR [KEY=VALUE ...]") and "trainer.epochs=N" in out
+
+
+def test_resume_continues_a_run_from_another_folder_with_its_own_overrides(tmp_path, monkeypatch, capsys):
+    """`cnnbench resume RUN_DIR trainer.epochs=2` = the run's own overrides (model=resnet20 among them)
+    with trainer.epochs replaced, run in the folder the run was started from."""
+    started, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    started.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(started)
+    assert cli.main(["train", *TINY, "model=resnet20", "trainer.epochs=1", "hydra.run.dir=outputs/run"]) == 0
+    run_dir = started / "outputs" / "run"
+    monkeypatch.chdir(elsewhere)
+    assert cli.main(["resume", str(run_dir), "trainer.epochs=2"]) == 0
+    assert f"Resuming {run_dir}: cnnbench train dataset=synthetic" in capsys.readouterr().out
+    assert Path.cwd() == elsewhere and not any(elsewhere.iterdir())  # back, and nothing written here
+    r = read_results(run_dir)
+    assert (r["status"], r["epochs"], r["model"], len(r["history"])) == ("completed", 2, "resnet20", 2)
+    assert "model=resnet20" in r["overrides"] and "trainer.epochs=2" in r["overrides"]
+    assert "trainer.epochs=1" not in r["overrides"]
+    hydra = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]
+    assert hydra["runtime"]["cwd"] == str(started)  # relative paths meant what they meant at the start
+
+
+def test_resume_continues_one_job_of_an_experiment_sweep(tmp_path, monkeypatch, capsys):
+    """A sweep job's .hydra/overrides.yaml holds the job's own overrides, +experiment=optimizers
+    among them, whose hydra.mode is MULTIRUN: resume runs that one job, in its folder."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "+experiment=optimizers", "optimizer=adam", *TINY, "trainer.epochs=1",
+                     "hydra.sweep.dir=sweep"]) == 0
+    assert cli.main(["resume", "sweep"]) == 2  # the sweep's folder: its jobs are named
+    assert "e.g. cnnbench resume sweep/optimizer=adam;" in " ".join(capsys.readouterr().err.split())
+    assert cli.main(["resume", "sweep/optimizer=adam", "trainer.epochs=2"]) == 0
+    r = read_results(tmp_path / "sweep" / "optimizer=adam")
+    assert (r["status"], r["epochs"], r["optimizer"], r["model"]) == ("completed", 2, "adam", "lenet5")
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["multirun.yaml", "optimizer=adam"]

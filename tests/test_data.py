@@ -34,7 +34,7 @@ def fake_mnist(folder, n_train=40, n_val=20, compress=True):
 def dataset_conf(**kw):
     base = dict(name="mnist", root="data", download=False, batch_size=8, image_size=None, augment=False,
                 num_classes=10, in_channels=1, native_size=28, mean=[0.5], std=[0.5], train_size=0,
-                val_size=0, num_workers=0)
+                val_size=0, num_workers=0, val_fraction=0.0)
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -120,7 +120,7 @@ def test_synthetic_data_and_subsets():
     conf = dataset_conf(name="synthetic", in_channels=3, mean=[0.5] * 3, std=[0.25] * 3, train_size=50, val_size=10)
     train, val, info = build_data(conf, torch.device("cpu"), 0, 16)
     assert train.images.shape == (50, 3, 16, 16) and val.images.shape == (10, 3, 16, 16)
-    assert info.train_size == 48 and info.val_size == 10  # 6 full batches of 8
+    assert (info.train_size, info.train_used, info.val_size) == (50, 48, 10)  # 6 full batches of 8
     again, _, _ = build_data(conf, torch.device("cpu"), 0, 16)
     assert torch.equal(again.images, train.images)  # the same seed makes the same data
     with pytest.raises(CnnbenchError, match="fewer than one batch"):

@@ -81,6 +81,26 @@ BAD_TRAIN_INPUTS = [
     (["model=resnet18", "dataset.batch_size=1"], "dataset.batch_size=1: resnet18 cannot train on one image at a time"),
     (["trainer.checkpoint=false", "trainer.checkpoint_every_steps=5"],
      "trainer.checkpoint_every_steps=5 saves checkpoints inside an epoch, but trainer.checkpoint=false writes none"),
+    (["epochs=3"], "epochs is not a cnnbench setting. Did you mean trainer.epochs?"),
+    (["lr=0.1"], "lr is not a cnnbench setting. Did you mean optimizer.lr?"),
+    (["batch_size=64"], "batch_size is not a cnnbench setting. Did you mean dataset.batch_size?"),
+    (["trainer.lr=0.1"], "trainer.lr is not a cnnbench setting. Did you mean optimizer.lr?"),
+    (["alpha=0.5"], "alpha is not a cnnbench setting. Did you mean model.alpha or optimizer.alpha?"),
+    (["model=ResNet50"], "Unknown model 'ResNet50' (did you mean model=resnet50?). Known: alexnet"),
+    (["model=resnt18"], "Unknown model 'resnt18' (did you mean model=resnet18?)"),
+    (["dataset=CIFAR10"], "Unknown dataset 'CIFAR10' (did you mean dataset=cifar10?)"),
+    (["optimizer=Adam"], "Unknown optimizer 'Adam' (did you mean optimizer=adam?)"),
+    (["scheduler=cosin"], "Unknown scheduler 'cosin' (did you mean scheduler=cosine?)"),
+    (["trainer=fats"], "Unknown trainer 'fats' (did you mean trainer=fast?)"),
+    (["+experiment=Zoo"], "Unknown experiment 'Zoo' (did you mean +experiment=zoo?)"),
+    (["--model=resnet18"], "cnnbench train takes settings as KEY=VALUE, without dashes: --model=resnet18 is "
+                           "model=resnet18. Run: cnnbench train model=resnet18 dataset=synthetic"),
+    (["--epochs=3"], "--epochs=3 is trainer.epochs=3. Run: cnnbench train trainer.epochs=3 dataset=synthetic"),
+    (["--multirn"], "--multirn is not an option of cnnbench train (did you mean --multirun?). Run: cnnbench train "
+                    "--multirun dataset=synthetic"),
+    (["--nosuch=1"], "--nosuch is not an option of cnnbench train (its options: -m/--multirun, --cfg job|hydra|all"),
+    (["--cfg=jobs"], "argument --cfg/-c: invalid choice: 'jobs' (choose from 'job', 'hydra', 'all'). See `cnnbench "
+                     "train --help`."),
 ]
 
 
@@ -156,11 +176,41 @@ def test_resuming_a_run_that_has_trained_all_its_epochs_is_refused_untouched(tmp
     run_dir = tmp_path / "done"
     assert cli.main(["train", *TINY, f"hydra.run.dir={run_dir}"]) == 0
     before = snapshot(run_dir)
-    assert cli.main(["train", *TINY, "trainer.resume=true", f"hydra.run.dir={run_dir}"]) == 2
+    for command in (["train", *TINY, "trainer.resume=true", f"hydra.run.dir={run_dir}"], ["resume", str(run_dir)]):
+        assert cli.main(command) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "has trained 1 epoch(s) and trainer.epochs=1: there is nothing left to resume" in err
+        assert f"raise trainer.epochs: cnnbench resume {run_dir} trainer.epochs=2" in err and "Traceback" not in err
+        assert snapshot(run_dir) == before
+
+
+def test_a_finished_run_resumed_with_another_setting_is_refused_with_the_resume_command(tmp_path, capsys):
+    run_dir = tmp_path / "done"
+    assert cli.main(["train", *TINY, f"hydra.run.dir={run_dir}"]) == 0
+    before = snapshot(run_dir)
+    assert cli.main(["resume", str(run_dir), "trainer.epochs=2", "optimizer.lr=0.5"]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "has trained 1 epoch(s) and trainer.epochs=1: there is nothing left to resume" in err
-    assert "raise trainer.epochs (e.g. trainer.epochs=2)" in err and "Traceback" not in err
-    assert snapshot(run_dir) == before
+    assert "was saved by a run with another config (optimizer.lr differ)" in err
+    assert f"Resume it with its own settings: cnnbench resume {run_dir} (only trainer.epochs" in err
+    assert "Traceback" not in err and snapshot(run_dir) == before
+
+
+def test_argparse_habits_are_answered_with_the_settings_they_mean(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for args, fix in [(["train", "--model", "resnet18", "--epochs", "3", "--lr", "0.1", "--batch-size", "64"],
+                       "Run: cnnbench train model=resnet18 trainer.epochs=3 optimizer.lr=0.1 dataset.batch_size=64"),
+                      (["train", "--batch_size", "64", "--compile", "dataset.mean=[0.5]"],
+                       "Run: cnnbench train dataset.batch_size=64 trainer.compile=true 'dataset.mean=[0.5]'"),
+                      (["train", "--resume", "outputs/run"], "to continue a run, use `cnnbench resume RUN_DIR`"),
+                      (["profile", "--layer", "model=resnet50"],  # profile adds hydra.run.dir=... of its own
+                       "--layer is not an option of cnnbench profile (did you mean --layers?). Run: cnnbench "
+                       "profile --layers model=resnet50"),
+                      (["profile", "model=resnet50", "--cfg"], "argument --cfg/-c: expected one argument")]:
+        assert cli.main(args) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert err.startswith("error: ") and fix in err and "Traceback" not in err, err
+        assert "hydra.run.dir" not in err and "usage:" not in err  # nothing of cnnbench's own arguments
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
@@ -360,7 +410,7 @@ BAD_CHECKPOINTS = [
     (_truncated_checkpoint, "checkpoints/last.pt cannot be read: it is truncated, corrupt or not a file "
                             "torch.save wrote (RuntimeError: PytorchStreamReader failed reading zip archive"),
     (_checkpoint_of_another_model, "checkpoints/last.pt holds a 'lenet5' model, but this run is model=resnet18. "
-                                   "Resume with model=lenet5"),
+                                   "Resume it with its own overrides: cnnbench resume "),
     (_checkpoint_holding_code, "checkpoints/last.pt was refused: it holds pickled Python objects "
                                f"({os.system.__module__}.system)"),
     (_checkpoint_of_another_program, "checkpoints/last.pt is not a cnnbench checkpoint of format version 1"),
@@ -383,6 +433,113 @@ def test_resume_from_a_bad_checkpoint_is_refused(spoil, message, earlier_lenet5,
     hydra = _hydra_files(earlier_lenet5)  # see test_refused_resume_leaves_the_runs_hydra_config_alone
     assert {k: v for k, v in after.items() if k not in hydra} == {k: v for k, v in before.items() if k not in hydra}
     assert not (earlier_lenet5.parent.parent / "MARKER").exists()  # the pickled os.system call never ran
+
+
+def _with_overrides(run: Path, *extra: str) -> Path:
+    (run / ".hydra").mkdir(parents=True, exist_ok=True)
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in [*TINY, *extra]))
+    return run
+
+
+def _no_folder_given(tmp):
+    return []
+
+
+def _a_folder_that_does_not_exist(tmp):
+    return ["outputs/nope"]
+
+
+def _a_misspelt_folder(tmp):
+    return ["outputs/earlie"]
+
+
+def _settings_before_the_folder(tmp):
+    return ["trainer.epochs=3"]
+
+
+def _the_checkpoint_file(tmp):
+    return ["outputs/earlier/checkpoints/last.pt"]
+
+
+def _an_empty_folder(tmp):
+    (tmp / "empty").mkdir()
+    return ["empty"]
+
+
+def _a_run_without_checkpoints(tmp):
+    run = _with_overrides(tmp / "nock", "trainer.checkpoint=false")
+    track.write_results(run / "results.json", {"status": "completed", "config": {"trainer": {"checkpoint": False}}})
+    return ["nock"]
+
+
+def _a_sweep_folder(tmp):
+    (tmp / "sweep").mkdir()
+    (tmp / "sweep" / "multirun.yaml").write_text("hydra: {}\n")
+    for job, status in (("seed=0", "completed"), ("seed=1", "interrupted")):
+        (tmp / "sweep" / job / "checkpoints").mkdir(parents=True)
+        (tmp / "sweep" / job / "checkpoints" / "last.pt").write_bytes(b"weights")
+        track.write_results(tmp / "sweep" / job / "results.json", {"status": status})
+    return ["sweep"]
+
+
+def _a_run_without_its_overrides(tmp):
+    return ["outputs/earlier"]
+
+
+def _another_folder_for_the_run(tmp):
+    _with_overrides(tmp / "outputs" / "earlier")
+    return ["outputs/earlier", "hydra.run.dir=outputs/other"]
+
+
+def _a_sweep_flag(tmp):
+    return ["-m", "outputs/earlier"]
+
+
+def _a_flag_for_a_setting(tmp):
+    return ["outputs/earlier", "--epochs", "5"]
+
+
+def _another_model(tmp):
+    _with_overrides(tmp / "outputs" / "earlier")
+    return ["outputs/earlier", "model=resnet18"]
+
+
+BAD_RESUMES = [  # (make the files and return the arguments of `cnnbench resume`, the start of the message)
+    (_no_folder_given, "cnnbench resume needs the folder of the run to continue: cnnbench resume RUN_DIR"),
+    (_a_folder_that_does_not_exist, "outputs/nope does not exist. Give the folder of the run to continue"),
+    (_a_misspelt_folder, "outputs/earlie does not exist (did you mean outputs/earlier?)"),
+    (_settings_before_the_folder, "cnnbench resume takes the run's folder first, then settings: cnnbench resume "
+                                  "RUN_DIR trainer.epochs=N"),
+    (_the_checkpoint_file, "outputs/earlier/checkpoints/last.pt is a file; cnnbench resume takes the folder of the "
+                           "run: cnnbench resume outputs/earlier"),
+    (_an_empty_folder, "empty is not a run's folder: it holds no checkpoints/last.pt to continue from (a run with "
+                       "trainer.checkpoint=false saves none, and cannot be resumed)"),
+    (_a_run_without_checkpoints, "nock holds no checkpoints/last.pt, so there is nothing to resume from: it ran with "
+                                 "trainer.checkpoint=false, which saves no checkpoint, and such a run cannot be "
+                                 "resumed. Start it again: cnnbench train dataset=synthetic"),
+    (_a_sweep_folder, "sweep is a sweep, not one run: resume one of its jobs (sweep/seed=1, sweep/seed=0), e.g. "
+                      "cnnbench resume sweep/seed=1; or finish the whole sweep by running its command again with "
+                      "hydra.sweep.dir=sweep"),
+    (_a_run_without_its_overrides, "outputs/earlier has a checkpoint, but neither .hydra/overrides.yaml nor "
+                                   "results.json says which overrides the run was started with"),
+    (_another_folder_for_the_run, "hydra.run.dir=outputs/other: cnnbench resume continues the run in its own "
+                                  "folder, outputs/earlier"),
+    (_a_sweep_flag, "cnnbench resume continues one run, not a sweep"),
+    (_a_flag_for_a_setting, "--epochs 5 is trainer.epochs=5. Run: cnnbench resume outputs/earlier trainer.epochs=5"),
+    (_another_model, "checkpoints/last.pt holds a 'lenet5' model, but this run is model=resnet18"),
+]
+
+
+@pytest.mark.parametrize("make,message", BAD_RESUMES, ids=[f.__name__.strip("_") for f, _ in BAD_RESUMES])
+def test_resume_refuses_what_it_cannot_continue(make, message, earlier_lenet5, capsys):
+    tmp = earlier_lenet5.parent.parent
+    args = make(tmp)
+    before = snapshot(tmp)
+    code = cli.main(["resume", *args])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2
+    assert err.startswith("error: ") and message in err and "Traceback" not in err, err
+    assert snapshot(tmp) == before
 
 
 def test_refused_resume_leaves_the_runs_hydra_config_alone(earlier_lenet5, capsys):
@@ -410,7 +567,8 @@ def test_unreadable_images_are_skipped_counted_and_logged(workers, tmp_path, mon
     assert cli.main(["train", *args]) == 0
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and results["val_images"] == 3  # 4 val images, 1 skipped
-    assert results["train_images"] == 6  # 8 files, 2 unreadable: the images actually used
+    assert results["train_images"] == 6  # 8 files, 2 unreadable: the images there are
+    assert results["train_images_used"] == 8  # 4 whole batches of 2 each epoch, 2 places refilled
     log = (run_dir / "train.log").read_text()
     assert (f"2 unreadable image(s) skipped in {root / 'train'} this pass (each replaced by the next readable "
             f"image of the split, so that every batch keeps its size), e.g. {root / 'train' / 'cat' / '0.png'} "
@@ -560,6 +718,21 @@ def test_unknown_command_and_bad_models_input(capsys):
     assert "is not CxHxW" in capsys.readouterr().err
     assert cli.main(["models", "nosuch*"]) == 2
     assert "No model matches" in capsys.readouterr().err
+
+
+def test_a_misspelt_flag_of_compare_or_models_gets_the_flag_it_is_close_to(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for args, said in [(["compare", "--colums", "run,model"], "error: --colums is not an option of cnnbench "
+                                                              "compare (did you mean --columns?). See `cnnbench "
+                                                              "compare --help`."),
+                       (["models", "--clases", "3"], "error: --clases is not an option of cnnbench models (did you "
+                                                     "mean --classes?). See `cnnbench models --help`."),
+                       (["models", "--input"], "error: argument --input: expected one argument. See `cnnbench "
+                                               "models --help`.")]:
+        assert cli.main(args) == 2
+        captured = capsys.readouterr()
+        assert " ".join(captured.err.split()) == said and "usage:" not in captured.out + captured.err
+    assert not any(tmp_path.iterdir())
 
 
 def test_every_row_of_the_catalogue_names_a_test_that_exists():

@@ -17,6 +17,8 @@ def test_lenet5_one_epoch_on_fashion_mnist(tmp_path):
     r = cnnbench("train", "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     res = read_results(run_dir)
-    assert res["data_source"] == str(DEBIAN) and res["train_images"] == 59_904 and res["val_images"] == 10_000
+    assert res["data_source"] == str(DEBIAN) and res["val_images"] == 10_000
+    assert res["train_images"] == 60_000 and res["train_images_used"] == 59_904  # whole batches of 128
+    assert "Training on 59,904 of the 60,000 training images each epoch: batches are whole" in r.stdout
     assert res["input_shape"] == [1, 32, 32]
     assert res["top1_err"] < 0.15

@@ -173,7 +173,8 @@ def test_an_unreadable_training_image_is_replaced_and_every_batch_is_full(tmp_pa
         train.set_epoch(epoch)
         sizes = [len(y) for _, y in train]
         assert sizes == [2, 2, 2]  # 6 files, 2 unreadable: each slot refilled from the next readable file
-    assert train.left_out == 2 and info.train_size == 6  # the record subtracts left_out: 4 images used
+    assert len(train.unreadable) == 2 and train.short_batches == 0  # the record: 6 - 2 = 4 readable images
+    assert (info.train_size, info.train_used) == (6, 6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,6 +213,7 @@ def test_a_resumed_run_with_augmenting_workers_ends_with_the_same_weights(tmp_pa
     textured(root)
     common = ["dataset=imagefolder", f"dataset.root={root}", "dataset.augment=true", "dataset.num_workers=2",
               "dataset.batch_size=4", "dataset.image_size=32", "trainer.deterministic=true", "scheduler=none",
+              "trainer.threads=1",  # the same sums whatever the machine's load
               "trainer.device=cpu", "trainer.log_filters=false", "trainer.progress=false"]
     run.train(compose_cfg(*common, "trainer.epochs=2"), tmp_path / "straight")
     run.train(compose_cfg(*common, "trainer.epochs=1"), tmp_path / "resumed")
@@ -248,7 +250,34 @@ def test_the_record_holds_the_classes_and_the_subset(tmp_path, monkeypatch):
                      "dataset.val_size=3", "dataset.batch_size=2", "dataset.num_workers=0", "dataset.image_size=32",
                      "trainer=smoke", f"hydra.run.dir={run_dir}"]) == 0
     results = json.loads((run_dir / "results.json").read_text())
-    assert (results["train_images"], results["val_images"], results["num_classes"]) == (6, 3, 2)
+    assert (results["train_images"], results["train_images_used"], results["val_images"]) == (6, 6, 3)
     assert results["classes"] == [{"index": 0, "name": "cat", "train_images": 3, "val_images": 2},
                                   {"index": 1, "name": "dog", "train_images": 3, "val_images": 1}]
     assert "2 classes (index name: train/val images): 0 cat: 3/2, 1 dog: 3/1" in (run_dir / "train.log").read_text()
+
+
+def test_an_input_size_the_user_never_set_is_named_with_where_it_came_from(tmp_path):
+    """model=lenet5 dataset=imagefolder: 224 px is imagefolder.yaml's, not the user's."""
+    with pytest.raises(CnnbenchError, match=r"dataset.image_size=224 \(the default of dataset=imagefolder, in "
+                                            r"conf/dataset/imagefolder.yaml\) is too large for lenet5"):
+        run.validate(compose_cfg("dataset=imagefolder", f"dataset.root={tmp_path}"))
+    with pytest.raises(CnnbenchError, match=r"dataset.image_size=64 is too large for lenet5"):  # the user's own
+        run.validate(compose_cfg("dataset=imagefolder", f"dataset.root={tmp_path}", "dataset.image_size=64"))
+
+
+def test_a_folder_without_val_validates_on_a_fixed_share_of_train(tmp_path):
+    root = folder(tmp_path, n_train=8)
+    for f in (root / "val").rglob("*.png"):
+        f.unlink()
+    for d in (root / "val").iterdir():
+        d.rmdir()
+    (root / "val").rmdir()
+    with pytest.raises(CnnbenchError, match=r"Or, for a folder without val/, validate on a share of train/: "
+                                            r"dataset.val_fraction=0.1"):
+        build_data(folder_conf(root), torch.device("cpu"), 0, 8)
+    train, val, info = build_data(folder_conf(root, val_fraction=0.25), torch.device("cpu"), 0, 8)
+    assert [(c["train_images"], c["val_images"]) for c in info.classes] == [(6, 2), (6, 2)]
+    held = {p for p, _ in val.loader.dataset.samples}
+    assert held.isdisjoint(p for p, _ in train.loader.dataset.samples)  # no image in both
+    again = build_data(folder_conf(root, val_fraction=0.25), torch.device("cpu"), 9, 8)[1]
+    assert {p for p, _ in again.loader.dataset.samples} == held  # another seed: the same held-out images

@@ -5,6 +5,7 @@ diverging learning rate, a full disk, out of memory."""
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -98,13 +99,16 @@ def test_a_signal_saves_the_position_and_the_run_resumes_identically(tmp_path, r
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     results = read_results(run_dir)
-    assert results["status"] == "interrupted" and "trainer.resume=true" in results["error"]
+    resume = run.resume_command(run_dir)  # cnnbench resume /tmp/.../run: the exact command, quoted if need be
+    assert results["status"] == "interrupted" and results["error"].endswith(f"with: {resume}")
     assert "Traceback" not in err
+    assert err.rstrip().endswith(f"what was done so far is in {run_dir}. Continue it with: {resume}")
     state = track.load_checkpoint(run_dir / "checkpoints" / "last.pt", "lenet5")
     assert 0 < state["global_step"] < 90
     if sig == signal.SIGINT:
         return  # the resume below is the same for both signals
-    resumed = cnnbench("train", *KILLABLE, "trainer.resume=true", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    resumed = cnnbench(*shlex.split(resume)[1:], cwd=tmp_path / "elsewhere")  # the command as printed
     assert resumed.returncode == 0, resumed.stderr
     same_run(run_dir, reference)
 
@@ -237,7 +241,7 @@ def test_a_disk_that_fills_during_the_run_stops_it_resumably(tmp_path, monkeypat
         run.train(compose_cfg(*TINY, "trainer.epochs=2"), tmp_path / "run")
     message = " ".join(str(e.value).split())
     assert "is full" in message and "last.pt (epoch 1, step 4) is whole" in message
-    assert "continue it with trainer.resume=true" in message
+    assert f"continue it with: cnnbench resume {tmp_path / 'run'} (or start again" in message
     monkeypatch.setattr(engine, "train_one_epoch", real_epoch)  # space freed: the run goes on
     again = run.train(compose_cfg(*TINY, "trainer.epochs=2", "trainer.resume=true"), tmp_path / "run")
     assert again["status"] == "completed" and again["epochs"] == 2

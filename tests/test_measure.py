@@ -1,5 +1,7 @@
 """Costs: MACs, activation bytes, parameter bytes."""
 
+import time
+
 import pytest
 import torch
 import torch.nn as nn
@@ -131,3 +133,28 @@ def test_training_only_heads_are_counted_apart():
 def test_environment_names_the_versions():
     env = measure.environment(torch.device("cpu"))
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["cuda"] is None
+
+
+def test_threads_and_workers_are_chosen_for_the_cores_and_the_load():
+    cpu_plan = measure.cpu_plan
+    default = measure._TORCH_THREADS
+    assert cpu_plan("cpu", 2, others=0, reads_files=True) == (min(default, 2), 0)  # 2 cores: no workers
+    assert cpu_plan("cpu", 16, others=0, reads_files=True) == (min(default, 12), 4)  # a quarter decode
+    assert cpu_plan("cuda", 16, others=0, reads_files=True) == (min(default, 16), 8)  # workers feed the GPU
+    assert cpu_plan("cpu", 2, others=3) == (1, None)  # three busy threads on 2 cores: one thread
+    assert cpu_plan("cpu", 2, others=3, threads=2, workers=5, reads_files=True) == (2, 2)  # given: kept, capped
+
+
+def test_other_processes_ready_to_run_are_seen_and_ours_are_not():
+    import subprocess
+    import sys
+
+    if measure.other_runnable() is None:
+        pytest.skip("no /proc/loadavg here")
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # started and spinning
+        assert measure.other_runnable() >= 1
+    finally:
+        spin.kill()
+        spin.wait()

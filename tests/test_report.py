@@ -563,3 +563,123 @@ def test_a_run_saved_before_a_setting_existed_groups_with_a_new_run_at_its_defau
         write_run(tmp_path, name, seed=seed, config=cfg)
     rows = sort_rows(group_rows(load_rows([str(tmp_path)])))
     assert sorted(r["n_seeds"] for r in rows) == [1, 2]
+
+
+# -----------------------------------------------------------------------------
+# Keys of results.json as columns; the top-k error named by its k; plot ticks and labels; the
+# terminal table (tests/test_terminal.py runs it in a real terminal)
+
+def test_any_key_of_results_json_is_a_column_a_filter_and_a_sort_key(tmp_path):
+    for name, device, threads, load in (("gpu", "NVIDIA H200", 16, 0.5), ("cpu", "x86_64", 2, 3.25)):
+        write_run(tmp_path, name, input_shape=[3, 32, 32], train_images_used=50_000, config=config(name),
+                  env={"device_name": device, "threads": threads, "cpus": threads, "load_start": load,
+                       **({"hostname": "node7"} if name == "cpu" else {})})
+
+    compare_cli([str(tmp_path), "--columns", "run,env.device_name,env.threads,input_shape,env.load_start,"
+                 "train_images_used,env.cpus", "--sort", "env.load_start", "--desc"])
+    md = (tmp_path / "comparison.md").read_text().splitlines()
+    assert md[0] == "| run | device | threads | input | load start | train images used | cpus |"
+    assert md[2:4] == ["| cpu | x86_64 | 2 | 3x32x32 | 3.25 | 50,000 | 2 |",
+                       "| gpu | NVIDIA H200 | 16 | 3x32x32 | 0.50 | 50,000 | 16 |"]
+    compare_cli([str(tmp_path), "--filter", "env.device_name=NVIDIA*", "--columns", "run,env.hostname"])
+    table = (tmp_path / "comparison.md").read_text().split("\n\n")[0]
+    assert table.splitlines()[2:] == ["| gpu | — |"]  # a key only the other run has
+
+    # Without --columns: the defaults, and device and threads because they differ between the rows.
+    compare_cli([str(tmp_path)])
+    header = (tmp_path / "comparison.md").read_text().splitlines()[0]
+    assert header.startswith("| run | model | dataset | optimizer | seed | n seeds | device | threads | params |")
+    assert "input" not in header  # the same for both
+
+    for args, message in ((["--columns", "run,device"], "unknown column 'device'. Did you mean env.device_name?"),
+                          (["--sort", "env.cpuz"], "unknown column 'env.cpuz'. Did you mean env.cpus?"),
+                          (["--filter", "env.load_end=1*"], "--filter: unknown column 'env.load_end'.")):
+        with pytest.raises(CnnbenchError) as e:
+            compare_cli([str(tmp_path), *args])
+        assert message in str(e.value) and "results.json" in str(e.value)
+
+
+def test_a_results_json_value_of_a_seed_group_is_their_mean(tmp_path):
+    for seed, load in enumerate([1.0, 2.0]):
+        write_run(tmp_path, f"seed={seed}", seed=seed, config=config(seed=seed), env={"load_start": load, "threads": 4})
+    (row,) = group_rows(load_rows([str(tmp_path)]))
+    assert report.value_of(row, "env.load_start") == 1.5 and report.value_of(row, "env.threads") == 4
+
+
+def test_the_top_k_error_is_named_by_its_k(tmp_path):
+    write_run(tmp_path / "three", "a", num_classes=3, top5_err=0.0, config=config("a"))
+    write_run(tmp_path / "three", "b", num_classes=3, top5_err=0.0, config=config("b"))
+    write_run(tmp_path / "mixed", "ten", num_classes=10, top5_err=0.05, config=config("ten"))
+    write_run(tmp_path / "mixed", "two", num_classes=2, top5_err=0.0, config=config("two"))
+
+    compare_main([str(tmp_path / "three")], None)
+    md = (tmp_path / "three" / "comparison.md").read_text()
+    assert "| top-3 err % |" in md and "top-5" not in md  # 3 classes: top-5 of 3 is top-3, always 0
+    assert "<th>top-3 err %</th>" in (tmp_path / "three" / "report.html").read_text()
+
+    compare_main([str(tmp_path / "mixed")], None)
+    table = (tmp_path / "mixed" / "comparison.md").read_text().split("\n\n")[0]
+    assert "| top-5 err % |" in table and "| 0.00 (top-2) |" in table and "| 5.00 |" in table
+
+
+def test_one_epoch_curves_tick_whole_epochs(tmp_path):
+    write_run(tmp_path, "a", config=config("a"), history=history([0.5], [0.4]))
+    write_run(tmp_path, "b", config=config("b"), history=history([0.6], [0.5]))
+
+    fig = curves_figure(group_rows(load_rows([str(tmp_path)])))
+    fig.draw_without_rendering()
+
+    for ax in fig.axes[:2]:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks == [1.0]  # not 0.945, 0.96, ... 1.05
+        assert low < 1 - 0.25 and high > 1 + 0.25
+
+
+def test_runs_outside_a_sweep_are_labelled_by_what_differs_clear_of_the_legend(tmp_path):
+    for i, (model, lr, params, macs, err) in enumerate((("lenet5", 0.1, 61_706, 416_520, 0.15),
+                                                        ("lenet5", 0.01, 61_706, 416_520, 0.13),
+                                                        ("vgg11", 0.1, 9_231_114, 153_000_000, 0.16))):
+        write_run(tmp_path, f"2026-11-29_20-14-4{i}_{model}_fashion_mnist", model=model, params=params, macs=macs,
+                  top1_err=err, config=config(model, lr=lr), history=history([0.5, 0.4], [0.3, err]))
+    rows = sort_rows(group_rows(load_rows([str(tmp_path)])))
+
+    assert report.plot_labels(rows) == ["lenet5,lr=0.01", "lenet5,lr=0.1", "vgg11,lr=0.1"]
+    fig = bubble_figure(rows)
+    fig.draw_without_rendering()
+    ax = fig.axes[0]
+    labels = [t for t in ax.texts if t.get_text()]
+    assert sorted(t.get_text() for t in labels) == ["lenet5,lr=0.01", "lenet5,lr=0.1", "vgg11,lr=0.1"]
+    legend = ax.get_legend().get_window_extent()  # the key to bubble sizes, right of the axes
+    for text in labels:  # vgg11's, top right, used to run into it
+        box = text.get_window_extent()
+        assert not box.overlaps(legend), text.get_text()
+        assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1), text.get_text()
+    curves = curves_figure(rows)
+    assert sorted(t.get_text() for t in curves.legends[0].get_texts()) == sorted(report.plot_labels(rows))
+    compare_main([str(tmp_path)], None)
+    note = "In the plots: lenet5,lr=0.01 = 2026-11-29_20-14-41_lenet5_fashion_mnist;"
+    assert note in (tmp_path / "report.md").read_text()
+
+
+def test_named_columns_are_shown_exactly_however_narrow_the_terminal(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    for name in ("a", "b"):
+        write_run(tmp_path, f"a_long_run_name_{name}", config=config(name))
+    rows = group_rows(load_rows([str(tmp_path)]))
+
+    def shown(names, width):
+        buf = io.StringIO()
+        report.show_comparison(rows, names, Console(file=buf, width=width, force_terminal=True, color_system=None))
+        return buf.getvalue()
+
+    narrow = shown(["run", "dataset", "params", "macs", "top1_err"], 40)
+    assert "11,173,962" in narrow and "556,651,520" in narrow and "…" not in narrow  # numbers whole
+    assert "│ cifar10" in narrow and "all runs" not in narrow  # named: kept, though the same for every run
+    assert "The table is 65 characters wide, the terminal 40" in " ".join(narrow.split())
+    default = shown(None, 40)
+    assert "all runs: model=resnet18, dataset=cifar10, optimizer=sgd" in " ".join(default.split())
+    assert max(map(len, default.splitlines())) <= 40 and "…" not in default

@@ -5,11 +5,13 @@ import hashlib
 import json
 import mmap
 import os
+import re
 
 import pytest
 import torch
 
 from cnnbench import cli, run
+from cnnbench.errors import CnnbenchError
 from conftest import TINY, cnnbench, compose_cfg, read_results
 
 
@@ -202,3 +204,42 @@ def test_jobs_without_a_folder_of_their_own_are_refused_before_anything_is_writt
     assert r.returncode == 2 and "Traceback" not in r.stderr and said.startswith("error:"), r.stderr
     assert ("would both write into" in said) != ("a file name takes at most 255" in said)
     assert "#0 (seed=" in said and not sweep.exists()
+
+
+def test_a_sweep_with_jobs_that_can_never_run_stops_before_the_first(tmp_path, monkeypatch, capsys):
+    """model.stem=small for three models of which two have no stem: before, the third trained and the
+    sweep exited 1; now nothing starts, and the message names both jobs and per_model."""
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["train", "-m", *TINY, "model=lenet5,resnet20,mobilenet_v2", "model.stem=small",
+                     f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "Traceback" not in err
+    assert "2 of the sweep's 3 jobs can never run, so none was started: model=lenet5: model.stem does not apply to " \
+           "lenet5" in err and "model=resnet20: model.stem does not apply to resnet20" in err
+    assert "write +per_model.any.stem=... instead of model.stem=..." in err
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_per_model_gives_an_option_only_to_the_models_that_have_it(tmp_path):
+    def stem(*overrides):
+        return run.resolve(compose_cfg(*TINY, *overrides)).model.stem
+
+    assert stem("model=resnet18", "+per_model.any.stem=small") == "small"
+    assert stem("model=resnet18", "+per_model.mobilenet_v2.stem=small") == "imagenet"  # another model's
+    assert stem("model=lenet5", "+per_model.any.stem=small") is None  # LeNet-5 has no stem: runs without
+    for overrides, message in [(["+per_model.lenet5.stem=small"], "per_model.lenet5.stem does not apply to lenet5"),
+                               (["+per_model.resnt18.stem=small"], "no model 'resnt18' (did you mean resnet18?)"),
+                               (["model=resnet18", "+per_model.any.stem=tiny"], "per_model.any.stem=tiny: ")]:
+        with pytest.raises(CnnbenchError, match=re.escape(message)):
+            run.validate(compose_cfg(*TINY, *overrides))
+
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", *TINY, "model=lenet5,resnet18", "+per_model.any.stem=small", "dataset.image_size=32",
+            f"hydra.sweep.dir={sweep}"]
+    r = cnnbench(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    records = {p.name: read_results(p) for p in sweep.iterdir() if p.is_dir()}
+    assert {name: rec["config"]["model"].get("stem") for name, rec in records.items()} == \
+        {"model=lenet5": None, "model=resnet18": "small"}
+    again = cnnbench(*args, cwd=tmp_path)  # the same sweep: each job matches its run and is skipped
+    assert again.returncode == 0 and again.stdout.count("already completed") == 2, again.stdout + again.stderr

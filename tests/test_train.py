@@ -49,6 +49,11 @@ def test_results_json_has_every_field_with_sane_values(tiny_run):
     env = r["env"]
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["threads"] >= 1
     assert {"cnnbench", "git_commit", "cuda", "device_name", "hostname"} <= set(env)
+    # The machine, at the start and end: cores, load average, other processes' threads ready to run
+    assert env["cpus"] >= 1 and env["threads"] <= env["cpus"]
+    assert all(isinstance(env[k], (int, float)) for k in ("load_start", "load_end", "others_start", "others_end"))
+    assert (r["busy_note"] is None) == (max(env["others_start"], env["others_end"]) < max(1, env["cpus"] / 4))
+    assert r["train_images"] == 64 and r["train_images_used"] == 64 and r["data_workers"] is None
     assert r["config"]["model"]["name"] == "lenet5" and r["config"]["trainer"]["epochs"] == 2
 
 
@@ -215,3 +220,14 @@ def test_default_config_is_lenet5_on_fashion_mnist():
     assert cfg.model.num_classes == cfg.dataset.num_classes == 10
     cifar = compose_cfg("dataset=cifar100", "model=resnet18")
     assert cifar.model.num_classes == 100 and cifar.model.in_channels == 3
+
+
+def test_the_log_names_top_k_as_it_is_and_a_busy_machine_is_said():
+    row = {"epoch": 1, "train_loss": 1.0, "train_top1_err": 0.5, "val_loss": 1.0, "val_top1_err": 0.5,
+           "val_top5_err": 0.0, "images_per_s": 100.0, "seconds": 1.0}
+    assert "top-3 err 0.00%" in run._epoch_line(row, 1, classes=3)  # k = min(5, classes): top-3, always right
+    assert "top-5 err" in run._epoch_line(row, 1, classes=10)
+    env = {"cpus": 2, "threads": 1, "load_start": 3.1, "load_end": 2.9, "others_start": 2, "others_end": 0}
+    assert "The machine was busy: 2 thread(s) of other processes were ready to run" in run._busy_note(env)
+    assert run._busy_note({**env, "others_start": 0}) is None
+    assert run._busy_note({**env, "cpus": 64, "others_start": 8}) is None  # 8 of 64 cores: not a quarter

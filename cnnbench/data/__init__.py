@@ -22,11 +22,13 @@ class DataInfo:
     num_classes: int
     in_channels: int
     image_size: int  # px, square, as the model sees it
-    train_size: int  # images in the training split used
+    train_size: int  # images in the training split (after dataset.train_size)
     val_size: int  # images in the validation split used
     source: str  # where the files were read from ("generated" for synthetic)
     bytes: int = 0  # the uint8 images and labels held on the training device (in-memory datasets)
     classes: Optional[list] = None  # [{index, name, train_images, val_images}], for the log and the record
+    train_used: int = 0  # images trained on per epoch: whole batches (all processes), the rest left out
+    workers: Optional[int] = None  # DataLoader worker processes (image folders); None: no loader processes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,5 +222,5 @@ def build_data(conf, device: torch.device, seed: int, image_size: int, rank: int
     classes = [{"index": i, "name": n, "train_images": counts[0][i], "val_images": counts[1][i]}
                for i, n in enumerate(names)]
     held = sum(t.numel() * t.element_size() for t in (x_tr, y_tr, x_va, y_va))
-    return train, val, DataInfo(n_classes, conf.in_channels, image_size, train.num_samples,
-                                len(x_va), source, held, classes)
+    return train, val, DataInfo(n_classes, conf.in_channels, image_size, len(x_tr), len(x_va), source, held,
+                                classes, train.num_samples)

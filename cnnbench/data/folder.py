@@ -29,6 +29,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampl
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+from cnnbench import measure
 from cnnbench.data.memory import Normalize
 from cnnbench.errors import CnnbenchError
 
@@ -181,6 +182,20 @@ def collate_readable(samples):
     return images, torch.tensor([y for _, y in good], dtype=torch.long), unreadable
 
 
+def held_out(labels: Sequence[int], fraction: float) -> List[int]:
+    """The indices of a validation split drawn from a training folder (dataset.val_fraction):
+    `fraction` of each class's images, rounded, at least one and never all of a class of two or
+    more, in a fixed random order (a generator seeded 0: every run of a folder validates on the
+    same images). Sorted."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0)).tolist()
+    by_class: dict = {}
+    for i in order:
+        by_class.setdefault(labels[i], []).append(i)
+    picked = [i for members in by_class.values()
+              for i in members[:min(max(1, round(fraction * len(members))), len(members) - 1)]]
+    return sorted(picked)
+
+
 def balanced_subset(labels: Sequence[int], n: int) -> List[int]:
     """n of the indices, the classes taking turns (each class as equal a share as its images allow),
     each class's images in a fixed random order: a generator seeded 0, not the run's seed, so that
@@ -220,15 +235,15 @@ class DeviceLoader:
 
     Training: a batch still short after FolderSplit's refills (more than REFILL_TRIES unreadable
     files in a row) is left out, so that every batch the model sees has the configured size.
-    `left_out` counts the training images not used: unreadable files (each distinct file once,
-    over the run) and the readable images of batches left out in the last pass."""
+    `unreadable` holds every unreadable file met ("path (why)"), `short_batches` the batches the
+    last pass left out."""
 
     def __init__(self, loader: DataLoader, mean, std, device: torch.device, train: bool, split: Path):
         self.loader, self.device, self.train = loader, device, train
         self.split = split  # the folder the images come from, for messages
         self.normalize = Normalize(mean, std, device)
         self.unreadable: set = set()  # "path (why)" of every unreadable file met
-        self.left_out = 0
+        self.short_batches = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """The next pass is epoch `epoch`, from batch `start`. The shuffle order of epoch e depends
@@ -259,7 +274,7 @@ class DeviceLoader:
                     f"dataset.root at a copy that opens.")
         finally:  # also when the epoch stops early (trainer.max_steps_per_epoch)
             self.unreadable |= unreadable
-            self.left_out = len(self.unreadable) + short_images
+            self.short_batches = short
             if unreadable and read:
                 refilled = (" (each replaced by the next readable image of the split, so that every batch "
                             "keeps its size)" if self.train else "")
@@ -284,12 +299,14 @@ def build_imagefolder(conf, device: torch.device, seed: int, image_size: int, ra
     from cnnbench.data import DataInfo
 
     root = Path(os.path.expanduser(conf.root))
-    for split in ("train", "val"):
+    for split in ("train",) if conf.val_fraction else ("train", "val"):
         if not (root / split).is_dir():
+            no_val = (" Or, for a folder without val/, validate on a share of train/: dataset.val_fraction=0.1."
+                      if split == "val" and (root / "train").is_dir() else "")
             raise CnnbenchError(
                 f"dataset=imagefolder needs {root / split}, a folder with one sub-folder of images "
                 f"per class, and it does not exist. Set dataset.root to the folder holding train/ "
-                f"and val/ (ImageNet layout).")
+                f"and val/ (ImageNet layout).{no_val}")
     to_uint8 = [T.PILToTensor()]
     if conf.augment:  # Szegedy et al. 2014 / torchvision's ImageNet recipe
         train_tf = T.Compose([T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip(), *to_uint8])
@@ -298,7 +315,8 @@ def build_imagefolder(conf, device: torch.device, seed: int, image_size: int, ra
     val_tf = T.Compose([T.Resize(image_size * 256 // 224, antialias=True), T.CenterCrop(image_size), *to_uint8])
     try:
         train_set = FolderSplit(root / "train", train_tf, conf.in_channels, seed, refill=True)
-        val_set = FolderSplit(root / "val", val_tf, conf.in_channels, seed, refill=False)
+        val_set = FolderSplit(root / ("train" if conf.val_fraction else "val"), val_tf, conf.in_channels, seed,
+                              refill=False)
     except (FileNotFoundError, RuntimeError) as e:  # no class folders, or folders without images
         raise CnnbenchError(f"dataset=imagefolder could not read {root}: {e}. Each of train/ and "
                             f"val/ needs one sub-folder per class holding .jpg/.png images.") from None
@@ -308,6 +326,12 @@ def build_imagefolder(conf, device: torch.device, seed: int, image_size: int, ra
         raise CnnbenchError(f"{root}/train and {root}/val have different class folders: {'; '.join(only)}. "
                             f"Each class needs a folder in both, with the same name.")
     classes = train_set.classes
+    if conf.val_fraction:  # both splits read train/: the held-out images validate, the rest train
+        val = set(held_out(train_set.targets, conf.val_fraction))
+        val_set.keep(sorted(val))
+        train_set.keep([i for i in range(len(train_set.samples)) if i not in val])
+        log.info(f"Validating on {len(val_set.samples):,} images held out of {root / 'train'} "
+                 f"(dataset.val_fraction={conf.val_fraction}), training on the other {len(train_set.samples):,}.")
     if conf.num_classes is not None and conf.num_classes != len(classes):
         raise CnnbenchError(f"{root}/train has {len(classes)} class folders but "
                             f"dataset.num_classes={conf.num_classes}. Set it to null (count them) "
@@ -315,10 +339,11 @@ def build_imagefolder(conf, device: torch.device, seed: int, image_size: int, ra
     train_set.keep(balanced_subset(train_set.targets, conf.train_size))  # all of them for 0
     val_set.keep(balanced_subset(val_set.targets, conf.val_size))
     cuda = device.type == "cuda"
-    # More workers than cores only adds switching (and PyTorch warns about it): cap them.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = min(conf.num_workers, cores)
-    if workers < conf.num_workers:
+    # null: measure.cpu_plan's choice for the cores and the device; more workers than cores only adds
+    # switching (and PyTorch warns about it): capped.
+    cores = measure.cores_per_process()
+    _, workers = measure.cpu_plan(device.type, cores, 0, threads=1, workers=conf.num_workers, reads_files=True)
+    if conf.num_workers is not None and workers < conf.num_workers:
         log.info(f"dataset.num_workers={conf.num_workers}, but this process may use {cores} core(s): "
                  f"{workers} DataLoader worker(s).")
     common = dict(num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
@@ -336,7 +361,8 @@ def build_imagefolder(conf, device: torch.device, seed: int, image_size: int, ra
         each = f" on each of {world} processes" if world > 1 else ""
         raise CnnbenchError(f"{root}/train has {len(train_set)} images, fewer than one batch of "
                             f"dataset.batch_size={conf.batch_size}{each}. Lower the batch size.")
-    info = DataInfo(len(classes), conf.in_channels, image_size, len(train) * conf.batch_size * world,
-                    len(val_set), str(root), classes=_class_table(classes, train_set, val_set))
+    info = DataInfo(len(classes), conf.in_channels, image_size, len(train_set), len(val_set), str(root),
+                    classes=_class_table(classes, train_set, val_set), train_used=len(train) * conf.batch_size * world,
+                    workers=workers)
     return (DeviceLoader(train, conf.mean, conf.std, device, True, root / "train"),
             DeviceLoader(val, conf.mean, conf.std, device, False, root / "val"), info)

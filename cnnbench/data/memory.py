@@ -77,7 +77,9 @@ class InMemoryLoader:
     batch to start from.
     """
 
-    left_out = 0  # images of the split not used: none here (an image folder's unreadable files, folder.DeviceLoader)
+    # What a pass could not use (an image folder's unreadable files and short batches, folder.DeviceLoader): none here
+    unreadable: frozenset = frozenset()
+    short_batches = 0
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean, std,
                  train: bool, augment: bool = False, seed: int = 0, image_size: Optional[int] = None,
