@@ -198,18 +198,18 @@ def cpu_plan(device_type: str, cores: int, others: float, threads: int = 0, work
     others: threads of other processes ready to run (other_runnable); reads_files: an image folder.
 
     Workers (image folders only): on CUDA, all the cores but the one that feeds the GPU, at most 8;
-    on the CPU, a quarter of the cores (none on 2 or 3), since each takes a core from the compute
-    threads (on 2 cores ResNet-18 from JPEGs trained at 440 img/s with no workers, 372 with 2).
-    Threads: torch's default, but no more than the cores left by the workers (on the CPU) and by
-    other processes: with three busy processes on 2 cores, 1 thread ran 3x faster than 2."""
+    on the CPU, a quarter of the cores (none on 2 or 3: CPU training is bound by its arithmetic, and
+    on 2 cores ResNet-18 at 64 px from JPEGs trained at 220 images/s with no workers or two alike).
+    Threads: torch's default, but no more than the cores other processes leave: threads that wait
+    for a core stall each other (not the workers, which sleep once their batches are ready; taking
+    a thread from ResNet-18 for two workers cost it a third, 220 -> 150 images/s)."""
     if reads_files:
         auto = min(8, max(1, cores - 1)) if device_type == "cuda" else cores // 4
         workers = auto if workers is None else min(workers, cores)
     else:
         workers = None
     if not threads:
-        free = cores - round(others) - ((workers or 0) if device_type == "cpu" else 0)
-        threads = max(1, min(_TORCH_THREADS, free))
+        threads = max(1, min(_TORCH_THREADS, cores - round(others)))
     return threads, workers
 
 

@@ -78,6 +78,9 @@ BAD_TRAIN_INPUTS = [
     (["scheduler.gamma=0.5"], "scheduler.gamma=0.5 does not apply to scheduler=onecycle: only scheduler=step read"),
     (["scheduler=cosine", "scheduler.pct_start=0.3"], "scheduler.pct_start=0.3 does not apply to scheduler=cosine"),
     (["dataset.num_workers=8"], "dataset.num_workers=8 does not apply to dataset=synthetic: only dataset=imagefolder"),
+    (["dataset.val_fraction=1"], "dataset.val_fraction=1.0 is outside [0, 1). Use a probability such as 0.5."),
+    (["dataset.val_fraction=0.1"], "dataset.val_fraction=0.1 does not apply to dataset=synthetic: only "
+                                   "dataset=imagefolder reads it"),
     (["model=resnet18", "dataset.batch_size=1"], "dataset.batch_size=1: resnet18 cannot train on one image at a time"),
     (["trainer.checkpoint=false", "trainer.checkpoint_every_steps=5"],
      "trainer.checkpoint_every_steps=5 saves checkpoints inside an epoch, but trainer.checkpoint=false writes none"),

