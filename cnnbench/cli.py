@@ -1314,8 +1314,14 @@ def models_cli(args: List[str]) -> int:
     p.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'resnet*'")
     p.add_argument("--input", help="CxHxW to count at, e.g. 1x32x32 (default: each paper's size)")
     p.add_argument("--classes", type=int, help="number of classes (default: each paper's)")
+    p.add_argument("--custom", metavar="MODULE.NAME", help="your own network instead: an nn.Module class or a "
+                   "function returning one, imported from the current folder first (as model=custom model.target=)")
+    p.add_argument("--torchvision", metavar="ARCH", help="a torchvision classifier instead (as model=torchvision)")
+    p.add_argument("--timm", metavar="ARCH", help="a timm network instead (as model=timm; needs timm)")
+    p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword argument for --custom/--torchvision/--timm (as +model.args.KEY=VALUE); repeatable")
     a = p.parse_args(args)
-    from cnnbench.report import models_table
+    from cnnbench.report import external_model_table, models_table
 
     shape = None
     if a.input:
@@ -1326,6 +1332,27 @@ def models_cli(args: List[str]) -> int:
             raise CnnbenchError(f"--input {a.input!r} is not CxHxW, e.g. 3x224x224 or 1x32x32.") from None
     if a.classes is not None and a.classes < 1:
         raise CnnbenchError(f"--classes {a.classes} must be at least 1.")
+    chosen = [(k, v) for k, v in (("custom", a.custom), ("torchvision", a.torchvision), ("timm", a.timm)) if v]
+    if len(chosen) > 1 or (a.arg and not chosen):
+        raise CnnbenchError("Give one of --custom, --torchvision and --timm (with --arg KEY=VALUE for its arguments), "
+                            "or none for the zoo.")
+    if chosen:
+        import ast
+
+        def value(text):
+            try:
+                return ast.literal_eval(text)  # numbers, booleans, lists; anything else is a string
+            except (ValueError, SyntaxError):
+                return text
+
+        bad = [s for s in a.arg if "=" not in s]
+        if bad:
+            raise CnnbenchError(f"--arg {bad[0]} is not KEY=VALUE, e.g. --arg width=32.")
+        kind, what = chosen[0]
+        options = {"target" if kind == "custom" else "arch": what,
+                   "args": {k: value(v) for k, v in (s.split("=", 1) for s in a.arg)}}
+        external_model_table(kind, options, shape, a.classes)
+        return 0
     models_table(a.pattern, shape, a.classes)
     return 0
 

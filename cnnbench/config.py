@@ -99,6 +99,10 @@ class ModelConf:
     separable: Optional[bool] = None  # MobileNet v1: depthwise-separable blocks (false: full 3x3 convs)
     aux_logits: Optional[bool] = None  # GoogLeNet: the two auxiliary classifiers (training only)
     conv_impl: Optional[str] = None  # LeNet-5: torch (cuDNN/oneDNN) | im2col (the textbook reference)
+    # Networks from outside the zoo (cnnbench/models/external.py)
+    target: Optional[str] = None  # model=custom: MODULE.NAME of an nn.Module class or a function returning one
+    arch: Optional[str] = None  # model=torchvision | timm: the library's name for the network (convnext_tiny)
+    args: Optional[Dict[str, Any]] = None  # custom, torchvision, timm: keyword arguments (+model.args.width=32)
     # Transfer learning (any architecture)
     weights: Optional[str] = None  # a .pth state dict to start from (torchvision's files load too)
     freeze: Freeze = Freeze.none  # none | backbone: train only the classifier

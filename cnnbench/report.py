@@ -1205,6 +1205,54 @@ def models_table(pattern: str = "*", input_shape: tuple | None = None, classes: 
     return table
 
 
+def external_model_table(name: str, options: dict, input_shape: tuple | None = None, classes: int | None = None,
+                         console: Console | None = None) -> Table:
+    """`cnnbench models --custom mynets.TinyNet` (or --torchvision / --timm ARCH): what the zoo's
+    table says of a network from outside it, counted the same way on the meta device, and what the
+    zoo's do not need: activation memory, the smallest input (found by trying) and where it came from."""
+    import torch
+
+    from cnnbench import measure
+    from cnnbench.models import create_model, external, get_model_info
+
+    info = get_model_info(name)
+    shape = input_shape or (3, 224, 224)
+    n_classes = classes or 1000
+    min_px = info.min_input(in_channels=shape[0], **options)
+    if shape[1] < min_px:
+        raise CnnbenchError(f"The network needs at least {min_px} px; --input {'x'.join(map(str, shape))} is smaller. "
+                            f"Give --input {shape[0]}x{min_px}x{min_px} or more.")
+
+    def build():
+        return external.materialize(create_model(name, num_classes=n_classes, in_channels=shape[0], **options), shape)
+
+    with torch.device("meta"):  # shapes only
+        model = build()
+    params, trainable, param_bytes, _ = measure.count_params(model)
+    source = external.source(name, options, n_classes, shape[0]) or {}
+    origin = (f"{source.get('file')} (SHA-256 {str(source.get('sha256'))[:12]}…)" if name == "custom"
+              else f"{source.get('library')} {source.get('version')}")
+    passed = (f"; given {', '.join(source['passed'])}" if source.get("passed") else "") + \
+        (f"; not given {', '.join(source['not_passed'])} (it takes none)" if source.get("not_passed") else "")
+    rows = [("network", f"{options.get('target') or name + ':' + str(options.get('arch'))}{passed}"),
+            ("input", "x".join(map(str, shape))), ("classes", str(n_classes)),
+            ("parameters", f"{params:,} ({param_bytes / 2**20:,.2f} MiB; {trainable:,} trainable)"),
+            ("GMACs per image", f"{gmacs(measure.count_macs(build, shape))} forward, "
+                                f"{gmacs(measure.count_train_macs(build, shape))} forward + backward"),
+            ("activations per image", f"{measure.activation_bytes(build, shape) / 2**20:,.2f} MiB kept for backward "
+                                      f"(fp32)"),
+            ("smallest input", f"{min_px} px (found by trying it on the meta device)")]
+    table = Table(title=f"cnnbench models: {rows[0][1].split(';')[0]}", show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    for k, v in rows:
+        table.add_row(k, v)
+    console = console or Console()
+    console.print(table)
+    console.print(Text(f"from: {origin}"), soft_wrap=True)  # a path: whole, on a line of its own
+    return table
+
+
 def profile_tables(r: dict) -> None:
     """`cnnbench profile`: the cost summary, one row per batch size, and the per-layer table."""
     mib = 2**-20

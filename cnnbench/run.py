@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnbench import distributed, engine, measure, track
 from cnnbench.errors import CnnbenchError, RunFailed, RunInterrupted
-from cnnbench.models import create_model, get_model_info, weights
+from cnnbench.models import create_model, external, get_model_info, weights
 from cnnbench.report import gmacs
 
 log = logging.getLogger("cnnbench")
@@ -67,15 +67,16 @@ _NOT_OPTIONS = {"name", "num_classes", "in_channels", "weights", "freeze"}
 
 
 def model_options(model_cfg) -> Dict[str, Any]:
-    """The architecture options set in the config (null = the architecture's default)."""
-    return {k: _value(v) for k, v in model_cfg.items() if k not in _NOT_OPTIONS and v is not None}
+    """The architecture options set in the config (null = the architecture's default), as plain values."""
+    return {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else _value(v)
+            for k, v in model_cfg.items() if k not in _NOT_OPTIONS and v is not None}
 
 
 def image_size_for(cfg) -> int:
     """The px the model gets: dataset.image_size if set, else the native size raised to the
     model's minimum (LeNet-5 takes 32 px; Fashion-MNIST is 28)."""
     info = get_model_info(cfg.model.name)
-    min_size = info.min_input(**model_options(cfg.model))
+    min_size = info.min_input(in_channels=cfg.model.in_channels, **model_options(cfg.model))
     if cfg.dataset.image_size is not None:
         return cfg.dataset.image_size
     size = max(cfg.dataset.native_size, min_size)
@@ -93,7 +94,7 @@ def resolve(cfg: DictConfig) -> DictConfig:
     per_model = cfg.get("per_model") or {}
     if not per_model:
         return cfg
-    name, known = cfg.model.name, set(list_models())
+    name, known = cfg.model.name, set(list_models(external=True))
     for model in per_model:
         if model != "any" and model not in known:
             guess = difflib.get_close_matches(model, known, n=1)
@@ -234,15 +235,16 @@ def validate(cfg: DictConfig) -> None:
         raise CnnbenchError("scheduler.warmup_epochs must be >= 0 and scheduler.min_lr_ratio in [0, 1].")
 
     # The builder's own checks (option values such as model.alpha=0), on the meta device: no memory
+    expected = m.num_classes if m.num_classes is not None else classes  # None: an image folder not found yet
     try:
         with torch.device("meta"):
-            create_model(m.name, num_classes=m.num_classes or 2, in_channels=m.in_channels, **options)
+            net = create_model(m.name, num_classes=expected or 2, in_channels=m.in_channels, **options)
     except (ValueError, TypeError, AssertionError) as e:
         raise CnnbenchError(f"{m.name} cannot be built with {', '.join(f'model.{k}={v}' for k, v in options.items())}: "
                             f"{e}. Change the value (conf/model/{m.name}.yaml lists the defaults).") from None
 
     # Input size against the architecture
-    min_size = info.min_input(**options)
+    min_size = info.min_input(in_channels=m.in_channels, **options)
     size = image_size_for(cfg)
     if size < min_size:
         raise CnnbenchError(f"dataset.image_size={size}{_size_source(cfg)} is too small for {m.name}: it needs at "
@@ -251,11 +253,11 @@ def validate(cfg: DictConfig) -> None:
     if info.max_size and size > info.max_size:
         raise CnnbenchError(f"dataset.image_size={size}{_size_source(cfg)} is too large for {m.name}, which takes "
                             f"{info.max_size} px. Set dataset.image_size={info.max_size}.")
+    if info.external:  # found by trying, as the zoo's are by their tests: a classifier's (B, classes)
+        _check_output(net, m, size, expected)
     if d.batch_size == 1:  # every training batch has this size: can the model train on one image?
         try:  # a training-mode forward on the meta device: shapes only, milliseconds
-            with torch.device("meta"):
-                create_model(m.name, num_classes=m.num_classes or 2, in_channels=m.in_channels, **options).train()(
-                    torch.empty(1, m.in_channels, size, size))
+            net.train()(torch.empty(1, m.in_channels, size, size, device="meta"))
         except ValueError as e:  # BatchNorm: "Expected more than 1 value per channel when training"
             if "more than 1 value per channel" in str(e):
                 raise CnnbenchError(f"dataset.batch_size=1: {m.name} cannot train on one image at a time, as its "
@@ -316,6 +318,23 @@ def _refuse_unused_settings(cfg: DictConfig) -> None:
     if t.checkpoint_every_steps and not t.checkpoint:
         raise CnnbenchError(f"trainer.checkpoint_every_steps={t.checkpoint_every_steps} saves checkpoints inside an "
                             f"epoch, but trainer.checkpoint=false writes none. Remove one of the two.")
+
+
+def _check_output(net: nn.Module, m, size: int, classes: Optional[int]) -> None:
+    """An external network's output for a batch of 2 images, on the meta device: (2, classes), or a
+    tuple whose first element is (auxiliary heads in training)."""
+    with torch.no_grad():
+        out = net.eval()(torch.empty(2, m.in_channels, size, size, device="meta"))
+    logits = out[0] if isinstance(out, (tuple, list)) else out
+    shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+    if isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[0] == 2 and \
+            (classes is None or logits.shape[1] == classes):
+        return
+    what = f"model.target={m.target}" if m.name == "custom" else f"model.arch={m.arch}"
+    want = f"(2, {classes})" if classes else "(2, classes)"
+    raise CnnbenchError(f"{what} returns {shape} for a batch of 2 images of {size} px; cnnbench trains classifiers, "
+                        f"whose output is (batch, classes) = {want}. Give it a num_classes argument (cnnbench passes "
+                        f"it), or make its last layer give {classes or 'one score per class'}.")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -531,6 +550,7 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, keep: bool = False) -> Optiona
                 f"{run.last} was saved by a run with another config ({', '.join(changed[:6])} differ); resuming "
                 f"would mix two experiments. Resume it with its own settings: {resume_command(run.dir)} (only "
                 f"trainer.epochs and how the run is logged may change, e.g. trainer.epochs=N), or start a new run.")
+        _check_source(state.get("model_source"), cfg, run)
         done = state["epoch"]
         if done >= cfg.trainer.epochs and not state.get("epoch_state"):
             raise CnnbenchError(
@@ -542,6 +562,32 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, keep: bool = False) -> Optiona
         raise CnnbenchError(
             f"{run_dir} already holds a run; cnnbench will not overwrite it. Add trainer.resume=true "
             f"to continue it, or choose another hydra.run.dir.")
+
+
+def model_label(m) -> str:
+    """The network's name in logs and records: the zoo's name, or what an external one is
+    (mynets.TinyNet, torchvision:convnext_tiny, timm:resnet50d)."""
+    if m.name == "custom":
+        return str(m.target)
+    return f"{m.name}:{m.arch}" if m.name in ("torchvision", "timm") else m.name
+
+
+def _model_source(cfg) -> Optional[Dict[str, Any]]:
+    """external.source for the configured network (None for the zoo's)."""
+    return external.source(cfg.model.name, model_options(cfg.model), cfg.model.num_classes, cfg.model.in_channels)
+
+
+def _check_source(saved: Optional[Dict[str, Any]], cfg, run: "Run") -> None:
+    """A custom network whose source file changed since the checkpoint is another network: refused."""
+    if not saved or not saved.get("sha256"):
+        return
+    now = _model_source(cfg) or {}
+    if now.get("sha256") != saved["sha256"]:
+        was, now_is = saved["sha256"][:12], str(now.get("sha256"))[:12]
+        raise CnnbenchError(
+            f"{run.last} was saved by {saved.get('target')} from {saved.get('file')} (SHA-256 {was}…), and "
+            f"{now.get('file')} is now another file (SHA-256 {now_is}…); resuming would mix two networks. Put the "
+            f"file back as it was, or start a new run (another hydra.run.dir).")
 
 
 def _config_differences(old: Dict[str, Any], new: Dict[str, Any]) -> list:
@@ -631,7 +677,7 @@ def record_failure(cfg: DictConfig, run_dir: Path, message: str) -> None:
         return
     run.dir.mkdir(parents=True, exist_ok=True)
     track.write_results(run.results, {
-        "status": "failed", "error": message, "run_dir": str(run.dir.resolve()), "model": cfg.model.name,
+        "status": "failed", "error": message, "run_dir": str(run.dir.resolve()), "model": model_label(cfg.model),
         "dataset": _value(cfg.dataset.name), "optimizer": _value(cfg.optimizer.name), "seed": cfg.seed,
         "epochs": 0, "history": [], "config": _config_dict(cfg), "overrides": _job_overrides()})
 
@@ -679,8 +725,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
 
     options = model_options(m)
 
-    def build():
-        return create_model(m.name, num_classes=num_classes, in_channels=data.in_channels, **options)
+    def build():  # lazy layers (an external network's) take their shapes from a first forward
+        return external.materialize(create_model(m.name, num_classes=num_classes, in_channels=data.in_channels,
+                                                 **options), input_shape)
 
     model = build()
     if m.weights or _value(m.freeze) == "backbone":
@@ -728,7 +775,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
 
     results: Dict[str, Any] = {
         "status": "running", "error": None, "run_dir": str(run.dir.resolve()),
-        "model": m.name, "dataset": _value(d.name), "optimizer": _value(o.name), "seed": cfg.seed,
+        "model": model_label(m), "dataset": _value(d.name), "optimizer": _value(o.name), "seed": cfg.seed,
+        "model_source": _model_source(cfg),  # an external network's import path and file hash, or library
         "params": params, "trainable_params": trainable,  # for inference (no auxiliary heads)
         "training_only_params": training_only,  # e.g. GoogLeNet's auxiliary classifiers
         "macs": macs, "flops": 2 * macs,  # per image, forward pass; FLOPs = 2 x MACs
@@ -775,7 +823,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         log.info(f"Training on {data.train_used:,} of the {data.train_size:,} training images each epoch: batches "
                  f"are whole (dataset.batch_size={batch}), so {data.train_size - data.train_used:,} are left out, "
                  f"others each epoch (the order is shuffled).")
-    log.info(f"{m.name}: {params:,} parameters, {gmacs(macs)} GMACs/image at {image_size} px; "
+    log.info(f"{model_label(m)}: {params:,} parameters, {gmacs(macs)} GMACs/image at {image_size} px; "
              f"{_value(d.name)} ({data.train_size:,} train / {data.val_size:,} val, {data.source}) "
              f"on {device}")
 
@@ -806,7 +854,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             "model": m.name, "weights": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "epoch": epochs_done, "epoch_state": epoch_state, "global_step": step, "rng": _rng_state(device),
-            "results": {k: results[k] for k in _RESUMED_KEYS}, "config": results["config"]})
+            "results": {k: results[k] for k in _RESUMED_KEYS}, "config": results["config"],
+            "model_source": results["model_source"]})
         last_saved = f"{run.last} (epoch {epochs_done}, step {step})"
 
     # Read once, not per step (a config node read costs tens of microseconds)
@@ -934,7 +983,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     if t.log_filters:
         tb.filters(model, global_step)  # what training made of them
     tb.hparams(
-        {"model": m.name, "norm": _value(m.norm) or "default", "dataset": _value(d.name),
+        {"model": model_label(m), "norm": _value(m.norm) or "default", "dataset": _value(d.name),
          "image_size": image_size, "augment": d.augment, "optimizer": _value(o.name), "lr": o.lr,
          "weight_decay": o.weight_decay, "scheduler": _value(s.name), "batch_size": d.batch_size,
          "epochs": t.epochs, "amp": amp, "label_smoothing": t.label_smoothing, "seed": cfg.seed},
@@ -1142,7 +1191,8 @@ def profile(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     options = model_options(m)
 
     def build():
-        return create_model(m.name, num_classes=num_classes, in_channels=m.in_channels, **options)
+        return external.materialize(create_model(m.name, num_classes=num_classes, in_channels=m.in_channels,
+                                                 **options), input_shape)
 
     model = build().to(device)
     params, trainable, param_bytes, training_only = measure.count_params(model)
@@ -1155,7 +1205,7 @@ def profile(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     # CUDA: speed() starts the count afresh for each batch size, so the profile's peak is the largest of theirs
     peak = max([peak] + [row["peak_memory_bytes"] for row in rows if row["peak_memory_bytes"]])
     result = {
-        "format": "cnnbench.profile", "format_version": 1, "model": m.name,
+        "format": "cnnbench.profile", "format_version": 1, "model": model_label(m), "model_source": _model_source(cfg),
         "input_shape": list(input_shape), "num_classes": num_classes, "device": str(device),
         "params": params, "trainable_params": trainable, "training_only_params": training_only,
         "param_bytes": param_bytes,

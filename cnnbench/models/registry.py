@@ -4,6 +4,8 @@
     def resnet50(num_classes=1000, in_channels=3, **options) -> nn.Module: ...
 
 `create_model("resnet50", num_classes=10)` builds one; `list_models("resnet*")` lists names.
+Networks from outside the zoo (model=custom, torchvision, timm: models/external.py) are
+registered apart: get_model_info and create_model know them, list_models lists only the zoo.
 """
 
 import fnmatch
@@ -27,6 +29,7 @@ class ModelInfo:
     default_classes: int  # classes the paper reports figures at
     min_size: Union[int, Callable[..., int]]  # smallest H = W accepted (may depend on options)
     max_size: Optional[int]  # largest H = W accepted; None = no limit
+    external: bool = False  # not one of the papers' networks: options name it, sizes are found by trying
 
     @property
     def options(self) -> List[str]:
@@ -34,7 +37,11 @@ class ModelInfo:
         params = inspect.signature(self.builder).parameters
         return [p for p in params if p not in ("num_classes", "in_channels")]
 
-    def min_input(self, **options) -> int:
+    def min_input(self, in_channels: int = 3, **options) -> int:
+        """The smallest H = W (px) the network takes with these options (an external network's, with
+        in_channels channels, found by trying it)."""
+        if self.external:
+            return self.min_size(self.builder, in_channels=in_channels, **options)
         return self.min_size(**options) if callable(self.min_size) else self.min_size
 
 
@@ -55,12 +62,26 @@ def register_model(name: str, *, family: str, year: int, paper: str, min_size, m
     return wrap
 
 
-def list_models(pattern: str = "*") -> List[str]:
-    """Registered names matching a shell-style pattern, in registration order."""
-    return [n for n in _REGISTRY if fnmatch.fnmatch(n, pattern)]
+_EXTERNAL: Dict[str, ModelInfo] = {}
+
+
+def register_external(name: str, builder: Callable[..., nn.Module], *, paper: str,
+                      min_size: Callable[..., int]) -> None:
+    """Add a builder of networks from outside the zoo (models/external.py); min_size(builder,
+    in_channels, **options) finds the smallest input by trying."""
+    _EXTERNAL[name] = ModelInfo(name, builder, family=name, year=0, paper=paper, default_input=(3, 224, 224),
+                                default_classes=1000, min_size=min_size, max_size=None, external=True)
+
+
+def list_models(pattern: str = "*", external: bool = False) -> List[str]:
+    """Registered names matching a shell-style pattern, in registration order: the zoo's, and with
+    external=True also custom, torchvision and timm."""
+    return [n for n in (*_REGISTRY, *(_EXTERNAL if external else ())) if fnmatch.fnmatch(n, pattern)]
 
 
 def get_model_info(name: str) -> ModelInfo:
+    if name in _EXTERNAL:
+        return _EXTERNAL[name]
     if name not in _REGISTRY:
         raise CnnbenchError(
             f"Unknown model {name!r}. Known models: {', '.join(_REGISTRY)}. "
