@@ -557,7 +557,9 @@ def _share_resources(cfg, hc) -> None:
         visible = os.environ["CUDA_VISIBLE_DEVICES"].split(",")
         os.environ["CUDA_VISIBLE_DEVICES"] = claim_gpu(lock_dir, visible, hc.job.num)
     if cfg.trainer.threads == 0:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        from cnnbench.measure import usable_cpus
+
+        cores = usable_cpus()
         workers = hc.launcher.get("n_jobs") or 1  # joblib's workers share this machine; SLURM pins its own
         workers = cores if workers < 0 else workers
         cfg.trainer.threads = max(1, cores // workers)
@@ -878,6 +880,8 @@ def check_flags(command: str, args: List[str], own=()) -> None:
             fixed.append(f"{key}={value or 'VALUE'}")
     if settings:
         notes.insert(0, f"cnnbench {command} takes settings as KEY=VALUE, without dashes: {', '.join(settings)}.")
+    if command == "resume" and not any("=" not in a and not a.startswith("-") for a in fixed):
+        fixed.insert(0, "RUN_DIR")  # the folder is the one thing resume cannot go without
     if notes:
         run = f" Run: cnnbench {command} {' '.join(shlex.quote(a) for a in fixed)}" if whole else (
             f" `cnnbench {command} --help` lists what it takes.")

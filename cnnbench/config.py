@@ -122,8 +122,9 @@ class DatasetConf:
     native_size: int = 28  # px of the stored images (synthetic: the size generated)
     mean: List[float] = field(default_factory=lambda: [0.5])  # per-channel mean, 0-1 scale
     std: List[float] = field(default_factory=lambda: [0.5])  # per-channel std, 0-1 scale
-    train_size: int = 0  # use only the first N training images; 0 = all (synthetic: how many)
-    val_size: int = 0  # use only the first N validation images; 0 = all (synthetic: how many)
+    train_size: int = 0  # use N training images: the first N, or an image folder's fixed class-balanced draw;
+    #                      0 = all (synthetic: how many to generate)
+    val_size: int = 0  # the same for the validation images
     num_workers: Optional[int] = None  # DataLoader worker processes (imagefolder only); null = chosen for the
     #                                    cores and device (measure.cpu_plan)
     val_fraction: float = 0.0  # imagefolder: validate on this fraction of train/ (each class's, a fixed
@@ -180,7 +181,7 @@ class TrainerConf:
     on_nan: OnNan = OnNan.stop  # a non-finite training loss: stop (status diverged) | skip_step
     resume: bool = False  # continue from checkpoints/last.pt in the run directory
     threads: int = 0  # CPU threads for torch; 0 = chosen: torch's default (one per core) less the cores other
-    #                   processes and (CPU training) DataLoader workers take (measure.cpu_plan)
+    #                   processes take (measure.cpu_plan); a resumed run keeps its own
     deterministic: bool = False  # deterministic kernels where PyTorch has them (slower); a layer without one warns
     progress: bool = True  # rich progress bar (shown only on a terminal)
 

@@ -118,8 +118,6 @@ def _run_name(results_file: Path, base: Path) -> str:
 def _written(data: dict, f: Path) -> float:
     """When the record was last written (seconds since the epoch): its `written_at`, or for records
     from before it existed, the file's modification time."""
-    from datetime import datetime
-
     try:
         return datetime.fromisoformat(data["written_at"]).timestamp()
     except (KeyError, TypeError, ValueError):

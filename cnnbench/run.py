@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnbench import distributed, engine, measure, track
 from cnnbench.errors import CnnbenchError, RunFailed, RunInterrupted
+from cnnbench.data.folder import READER_VERSION as FOLDER_READER
 from cnnbench.models import create_model, external, get_model_info, weights
 from cnnbench.report import gmacs
 
@@ -75,11 +76,13 @@ def model_options(model_cfg) -> Dict[str, Any]:
 def image_size_for(cfg) -> int:
     """The px the model gets: dataset.image_size if set, else the native size raised to the
     model's minimum (LeNet-5 takes 32 px; Fashion-MNIST is 28)."""
-    info = get_model_info(cfg.model.name)
-    min_size = info.min_input(in_channels=cfg.model.in_channels, **model_options(cfg.model))
     if cfg.dataset.image_size is not None:
         return cfg.dataset.image_size
-    size = max(cfg.dataset.native_size, min_size)
+    info = get_model_info(cfg.model.name)
+    native, options = cfg.dataset.native_size, model_options(cfg.model)
+    if info.external and external.fits(info.builder, cfg.model.in_channels, native, **options) is None:
+        return native  # tried: it takes the native size (a fixed-size network need not take any other)
+    size = max(native, info.min_input(in_channels=cfg.model.in_channels, **options))
     return min(size, info.max_size) if info.max_size else size
 
 
@@ -95,23 +98,30 @@ def resolve(cfg: DictConfig) -> DictConfig:
     if not per_model:
         return cfg
     name, known = cfg.model.name, set(list_models(external=True))
-    for model in per_model:
+    options = set(ModelConf.__dataclass_fields__) - _NOT_OPTIONS  # what some architectures have
+    for model, given in per_model.items():  # every entry, whichever model runs: none is recorded unchecked
         if model != "any" and model not in known:
             guess = difflib.get_close_matches(model, known, n=1)
             raise CnnbenchError(f"per_model.{model}: there is no model {model!r}"
                                 f"{f' (did you mean {guess[0]}?)' if guess else ''}. Name a model "
                                 f"(`cnnbench models` lists them), or per_model.any for every model that has the "
                                 f"option.")
-    options = set(ModelConf.__dataclass_fields__) - _NOT_OPTIONS  # what some architectures have
+        anywhere = options | {"weights", "freeze"}
+        own = anywhere if model == "any" else set(get_model_info(model).options) | {"weights", "freeze"}
+        unknown = sorted(set(given or {}) - anywhere)
+        if unknown:
+            raise CnnbenchError(f"per_model.{model}.{unknown[0]}: no model has an option {unknown[0]}; the options "
+                                f"are {', '.join(sorted(anywhere))}. Remove it, or name one of them.")
+        wrong = sorted(set(given or {}) - own)
+        if wrong:
+            raise CnnbenchError(f"per_model.{model}.{wrong[0]} does not apply to {model}: its options are "
+                                f"{', '.join(sorted(own))}. Remove it, or use per_model.any.{wrong[0]} to give it "
+                                f"only to the models that have it.")
     own = set(get_model_info(name).options) | {"weights", "freeze"}
     for model in ("any", name):
         for key, value in (per_model.get(model) or {}).items():
             if key not in own:
-                if model == "any" and key in options:
-                    continue  # another model's option: this one runs without it
-                raise CnnbenchError(f"per_model.{model}.{key} does not apply to {name}: its options are "
-                                    f"{', '.join(sorted(own))}. Remove it, or use per_model.any.{key} to give it "
-                                    f"only to the models that have it.")
+                continue  # per_model.any's option of other models: this one runs without it
             try:
                 cfg.model[key] = value
             except Exception as e:  # the schema's type check (an enum value, a number)
@@ -243,9 +253,15 @@ def validate(cfg: DictConfig) -> None:
         raise CnnbenchError(f"{m.name} cannot be built with {', '.join(f'model.{k}={v}' for k, v in options.items())}: "
                             f"{e}. Change the value (conf/model/{m.name}.yaml lists the defaults).") from None
 
-    # Input size against the architecture
-    min_size = info.min_input(in_channels=m.in_channels, **options)
+    # Input size against the architecture (an external network's: tried at this size)
     size = image_size_for(cfg)
+    why = external.fits(info.builder, m.in_channels, size, **options) if info.external else None
+    if why:
+        raise CnnbenchError(f"dataset.image_size={size}{_size_source(cfg)} does not fit {model_label(m)}: at {size} px "
+                            f"its forward pass raised {why}. Set dataset.image_size to a size it takes (it takes "
+                            f"{info.min_input(in_channels=m.in_channels, **options)} px at the smallest, found by "
+                            f"trying).")
+    min_size = size if info.external else info.min_input(in_channels=m.in_channels, **options)
     if size < min_size:
         raise CnnbenchError(f"dataset.image_size={size}{_size_source(cfg)} is too small for {m.name}: it needs at "
                             f"least {min_size} px. Set dataset.image_size={min_size} or more (or leave it "
@@ -258,7 +274,7 @@ def validate(cfg: DictConfig) -> None:
     if d.batch_size == 1:  # every training batch has this size: can the model train on one image?
         try:  # a training-mode forward on the meta device: shapes only, milliseconds
             net.train()(torch.empty(1, m.in_channels, size, size, device="meta"))
-        except ValueError as e:  # BatchNorm: "Expected more than 1 value per channel when training"
+        except Exception as e:  # BatchNorm: "Expected more than 1 value per channel when training"
             if "more than 1 value per channel" in str(e):
                 raise CnnbenchError(f"dataset.batch_size=1: {m.name} cannot train on one image at a time, as its "
                                     f"BatchNorm normalises each channel over the batch and a {size} px image "
@@ -323,8 +339,11 @@ def _refuse_unused_settings(cfg: DictConfig) -> None:
 def _check_output(net: nn.Module, m, size: int, classes: Optional[int]) -> None:
     """An external network's output for a batch of 2 images, on the meta device: (2, classes), or a
     tuple whose first element is (auxiliary heads in training)."""
-    with torch.no_grad():
-        out = net.eval()(torch.empty(2, m.in_channels, size, size, device="meta"))
+    try:
+        with torch.no_grad():
+            out = net.eval()(torch.empty(2, m.in_channels, size, size, device="meta"))
+    except Exception:  # a forward the meta device cannot run (it reads a value): checked in training
+        return
     logits = out[0] if isinstance(out, (tuple, list)) else out
     shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
     if isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[0] == 2 and \
@@ -444,15 +463,16 @@ def _prepare(t, seed: int, world: distributed.World = distributed.World()) -> to
     return device
 
 
-def _use_cores(t, d, device: torch.device) -> Optional[float]:
+def _use_cores(t, device: torch.device, resumed_with: Optional[int] = None) -> Optional[float]:
     """Set torch's CPU threads for this job (every job: an earlier one in this process may have
-    changed them): trainer.threads, or measure.cpu_plan's choice for the cores, the other processes
-    ready to run now, and an image folder's DataLoader workers. Returns those other processes'
-    runnable threads (None where the OS does not tell)."""
+    changed them): trainer.threads; else the count a resumed run was started with (another count
+    sums in another order: a resume would not be bit-identical); else measure.cpu_plan's choice for
+    the cores and the other processes ready to run now, but not with trainer.deterministic=true,
+    whose results must not depend on the machine's load. Returns those other processes' runnable
+    threads (None where the OS does not tell)."""
     others = measure.other_runnable()
-    reads_files = d is not None and _value(d.name) == "imagefolder"
-    threads, _ = measure.cpu_plan(device.type, measure.cores_per_process(), others or 0, t.threads,
-                                  d.num_workers if reads_files else None, reads_files)
+    threads = t.threads or resumed_with or measure.cpu_plan(
+        device.type, measure.cores_per_process(), 0 if t.deterministic else others or 0)[0]
     torch.set_num_threads(threads)
     return others
 
@@ -551,6 +571,12 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, keep: bool = False) -> Optiona
                 f"would mix two experiments. Resume it with its own settings: {resume_command(run.dir)} (only "
                 f"trainer.epochs and how the run is logged may change, e.g. trainer.epochs=N), or start a new run.")
         _check_source(state.get("model_source"), cfg, run)
+        if _value(cfg.dataset.name) == "imagefolder" and state.get("folder_reader", 1) != FOLDER_READER:
+            raise CnnbenchError(
+                f"{run.last} was trained by an earlier cnnbench's image-folder reader, which read some folders and "
+                f"images otherwise (tool folders as classes, 16-bit images clipped, EXIF orientation and "
+                f"dataset.train_size ignored): resuming would change the data under the run. Start a new run "
+                f"(another hydra.run.dir), or resume it with the cnnbench that wrote it.")
         done = state["epoch"]
         if done >= cfg.trainer.epochs and not state.get("epoch_state"):
             raise CnnbenchError(
@@ -705,7 +731,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     m, d, o, s, t = cfg.model, cfg.dataset, cfg.optimizer, cfg.scheduler, cfg.trainer
     world = distributed.world()  # torchrun's processes; one without it
     device = _prepare(t, cfg.seed, world)
-    others_start = _use_cores(t, d, device)
+    others_start = _use_cores(t, device, checkpoint.get("threads") if checkpoint else None)
     distributed.barrier()  # every process has checked the run directory before rank 0 writes to it
     main = world.main  # only this process writes results, TensorBoard and checkpoints
 
@@ -764,6 +790,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         net = torch.compile(net, mode=_value(t.compile_mode).replace("_", "-"))
 
     steps_per_epoch = min(len(train_loader), t.max_steps_per_epoch) if t.max_steps_per_epoch else len(train_loader)
+    used = steps_per_epoch * d.batch_size * world.size  # images trained on per epoch: whole batches, the steps taken
     optimizer = build_optimizer(model, o, fused=device.type == "cuda")
     scheduler = build_scheduler(optimizer, s, o.lr, t.epochs, steps_per_epoch)
     amp_dtype = _AMP_DTYPES[amp]
@@ -789,7 +816,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "cudnn_benchmark": torch.backends.cudnn.benchmark, "fused_optimizer": bool(optimizer.defaults.get("fused")),
         "compile_s": None, "data_wait_s": None, "compute_s": None, "mfu": None,
         "mfu_note": measure.mfu_note(device, amp),
-        "train_images": data.train_size, "train_images_used": data.train_used,  # the split; per epoch, whole batches
+        "train_images": data.train_size, "train_images_used": used,  # the split; per epoch
         "val_images": data.val_size, "data_source": data.source,
         "classes": data.classes,  # [{index, name, train_images, val_images}]
         "schedule_changes": [],  # resumes that changed trainer.epochs: the schedule recomputed (_extend_schedule)
@@ -818,11 +845,12 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         where = f", batch {resumed_epoch.step + 1}" if resumed_epoch else ""
         log.info(f"Resuming {run.dir} at epoch {start_epoch + 1}{where} (step {global_step}).")
 
-    if data.train_used < data.train_size:
+    if used < data.train_size:
         batch = f"{d.batch_size} x {world.size} processes" if world.active else d.batch_size
-        log.info(f"Training on {data.train_used:,} of the {data.train_size:,} training images each epoch: batches "
-                 f"are whole (dataset.batch_size={batch}), so {data.train_size - data.train_used:,} are left out, "
-                 f"others each epoch (the order is shuffled).")
+        why = (f"trainer.max_steps_per_epoch={t.max_steps_per_epoch} steps of dataset.batch_size={batch}"
+               if used < data.train_used else f"batches are whole (dataset.batch_size={batch})")
+        log.info(f"Training on {used:,} of the {data.train_size:,} training images each epoch: {why}, so "
+                 f"{data.train_size - used:,} are left out, others each epoch (the order is shuffled).")
     log.info(f"{model_label(m)}: {params:,} parameters, {gmacs(macs)} GMACs/image at {image_size} px; "
              f"{_value(d.name)} ({data.train_size:,} train / {data.val_size:,} val, {data.source}) "
              f"on {device}")
@@ -855,7 +883,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "epoch": epochs_done, "epoch_state": epoch_state, "global_step": step, "rng": _rng_state(device),
             "results": {k: results[k] for k in _RESUMED_KEYS}, "config": results["config"],
-            "model_source": results["model_source"]})
+            "model_source": results["model_source"], "threads": torch.get_num_threads(),
+            "folder_reader": FOLDER_READER})
         last_saved = f"{run.last} (epoch {epochs_done}, step {step})"
 
     # Read once, not per step (a config node read costs tens of microseconds)
@@ -917,7 +946,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                 lost = torch.tensor([len(train_loader.unreadable), train_loader.short_batches * d.batch_size],
                                     dtype=torch.float64, device=device)
                 unreadable, short = (int(v) for v in distributed.all_sum(lost).tolist())
-                results.update(train_images=data.train_size - unreadable, train_images_used=data.train_used - short)
+                results.update(train_images=data.train_size - unreadable, train_images_used=used - short)
                 results["epochs"] = epoch + 1
                 results["skipped_steps"] = sum(r.get("skipped_steps") or 0 for r in results["history"])
                 rates = [r["images_per_s"] for r in results["history"] if r["images_per_s"]]
@@ -1184,7 +1213,7 @@ def profile(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     check_profile_dir(Path(run_dir))
     m, t, p = cfg.model, cfg.trainer, cfg.profile
     device = _prepare(t, cfg.seed)
-    _use_cores(t, None, device)
+    _use_cores(t, device)
     image_size = image_size_for(cfg)
     input_shape = (m.in_channels, image_size, image_size)
     num_classes = m.num_classes or 1000  # imagefolder counts its folders; any count costs alike

@@ -27,8 +27,10 @@ BOOKKEEPING_KEYS = {"trainer.resume", "trainer.skip_completed", "trainer.progres
 
 # Settings added after runs were saved without them, at the value those runs trained with: a
 # config from before trainer.compile_mode existed compiled in torch.compile's default mode; one
-# from before dataset.val_fraction validated on val/; one from before per_model had none.
-ADDED_SETTINGS = {"trainer.compile_mode": "default", "dataset.val_fraction": 0.0, "per_model": {}}
+# from before dataset.val_fraction validated on val/; one from before per_model and the external
+# networks (model.target, arch, args) had none of them.
+ADDED_SETTINGS = {"trainer.compile_mode": "default", "dataset.val_fraction": 0.0, "per_model": {},
+                  "model.target": None, "model.arch": None, "model.args": None}
 
 
 def with_added_settings(config: Dict[str, Any]) -> Dict[str, Any]:

@@ -212,6 +212,7 @@ def test_a_resumed_run_with_augmenting_workers_ends_with_the_same_weights(tmp_pa
     root = folder(tmp_path / "imgs", n_train=6, size=20)
     textured(root)
     common = ["dataset=imagefolder", f"dataset.root={root}", "dataset.augment=true", "dataset.num_workers=2",
+              "model=mobilenet_v1", "model.stem=small", "model.alpha=0.25", "model.dropout=0.5",  # dropout draws
               "dataset.batch_size=4", "dataset.image_size=32", "trainer.deterministic=true", "scheduler=none",
               "trainer.threads=1",  # the same sums whatever the machine's load
               "trainer.device=cpu", "trainer.log_filters=false", "trainer.progress=false"]
@@ -246,14 +247,18 @@ def test_the_record_holds_the_classes_and_the_subset(tmp_path, monkeypatch):
     (root / "train" / ".ipynb_checkpoints").mkdir()
     Image.new("RGB", (8, 8)).save(root / "train" / ".ipynb_checkpoints" / "0-checkpoint.png")
     run_dir = tmp_path / "run"
-    assert cli.main(["train", "dataset=imagefolder", f"dataset.root={root}", "dataset.train_size=6",
+    assert cli.main(["train", "dataset=imagefolder", f"dataset.root={root}", "dataset.train_size=12",
                      "dataset.val_size=3", "dataset.batch_size=2", "dataset.num_workers=0", "dataset.image_size=32",
                      "trainer=smoke", f"hydra.run.dir={run_dir}"]) == 0
     results = json.loads((run_dir / "results.json").read_text())
-    assert (results["train_images"], results["train_images_used"], results["val_images"]) == (6, 6, 3)
-    assert results["classes"] == [{"index": 0, "name": "cat", "train_images": 3, "val_images": 2},
-                                  {"index": 1, "name": "dog", "train_images": 3, "val_images": 1}]
-    assert "2 classes (index name: train/val images): 0 cat: 3/2, 1 dog: 3/1" in (run_dir / "train.log").read_text()
+    # 12 images, but trainer=smoke stops each epoch after 4 steps of 2: 8 trained on, and the log says so
+    assert (results["train_images"], results["train_images_used"], results["val_images"]) == (12, 8, 3)
+    assert results["classes"] == [{"index": 0, "name": "cat", "train_images": 6, "val_images": 2},
+                                  {"index": 1, "name": "dog", "train_images": 6, "val_images": 1}]
+    log = (run_dir / "train.log").read_text()
+    assert "2 classes (index name: train/val images): 0 cat: 6/2, 1 dog: 6/1" in log
+    assert "Training on 8 of the 12 training images each epoch: trainer.max_steps_per_epoch=4 steps of " \
+           "dataset.batch_size=2, so 4 are left out" in log
 
 
 def test_an_input_size_the_user_never_set_is_named_with_where_it_came_from(tmp_path):
@@ -281,3 +286,24 @@ def test_a_folder_without_val_validates_on_a_fixed_share_of_train(tmp_path):
     assert held.isdisjoint(p for p, _ in train.loader.dataset.samples)  # no image in both
     again = build_data(folder_conf(root, val_fraction=0.25), torch.device("cpu"), 9, 8)[1]
     assert {p for p, _ in again.loader.dataset.samples} == held  # another seed: the same held-out images
+
+
+def test_a_run_of_the_earlier_folder_reader_is_not_resumed_with_this_one(tmp_path):
+    root = folder(tmp_path / "imgs", n_train=4)
+    common = ["dataset=imagefolder", f"dataset.root={root}", "dataset.image_size=32", "dataset.num_workers=0",
+              "dataset.batch_size=4", "trainer=smoke"]
+    run.train(compose_cfg(*common, "trainer.epochs=1"), tmp_path / "run")
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["folder_reader"]  # as an earlier cnnbench saved it
+    torch.save(state, last)
+    with pytest.raises(CnnbenchError, match="trained by an earlier cnnbench's image-folder reader"):
+        run.check_run_dir(compose_cfg(*common, "trainer.epochs=2", "trainer.resume=true"), tmp_path / "run")
+
+
+def test_a_network_that_takes_one_size_only_is_tried_at_the_run_s(tmp_path):
+    """ViT-B/16 takes 224 px and no other: accepted at 224, refused elsewhere with the reason."""
+    vit = ["model=torchvision", "model.arch=vit_b_16", "dataset=synthetic", "trainer=smoke"]
+    run.validate(compose_cfg(*vit, "dataset.image_size=224"))
+    with pytest.raises(CnnbenchError, match="takes 224 px but not every size above some smallest one"):
+        run.validate(compose_cfg(*vit, "dataset.image_size=64"))

@@ -565,6 +565,23 @@ def test_a_run_saved_before_a_setting_existed_groups_with_a_new_run_at_its_defau
     assert sorted(r["n_seeds"] for r in rows) == [1, 2]
 
 
+def test_a_config_from_before_the_settings_added_since_groups_with_today_s(tmp_path):
+    """Every key track.ADDED_SETTINGS fills in: a run saved without them is the same experiment."""
+    from conftest import TINY, compose_cfg
+
+    from cnnbench.run import _config_dict
+
+    new = _config_dict(compose_cfg(*TINY))
+    old = json.loads(json.dumps(new))
+    del old["per_model"], old["dataset"]["val_fraction"], old["trainer"]["compile_mode"]
+    for key in ("target", "arch", "args"):
+        del old["model"][key]
+    write_run(tmp_path, "seed=0", seed=0, config={**old, "seed": 0})
+    write_run(tmp_path, "seed=1", seed=1, config={**new, "seed": 1})
+    (row,) = group_rows(load_rows([str(tmp_path)]))
+    assert row["n_seeds"] == 2
+
+
 # -----------------------------------------------------------------------------
 # Keys of results.json as columns; the top-k error named by its k; plot ticks and labels; the
 # terminal table (tests/test_terminal.py runs it in a real terminal)

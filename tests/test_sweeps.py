@@ -229,7 +229,11 @@ def test_per_model_gives_an_option_only_to_the_models_that_have_it(tmp_path):
     assert stem("model=lenet5", "+per_model.any.stem=small") is None  # LeNet-5 has no stem: runs without
     for overrides, message in [(["+per_model.lenet5.stem=small"], "per_model.lenet5.stem does not apply to lenet5"),
                                (["+per_model.resnt18.stem=small"], "no model 'resnt18' (did you mean resnet18?)"),
-                               (["model=resnet18", "+per_model.any.stem=tiny"], "per_model.any.stem=tiny: ")]:
+                               (["model=resnet18", "+per_model.any.stem=tiny"], "per_model.any.stem=tiny: "),
+                               # another model's entry is checked too: nothing is recorded unchecked
+                               (["+per_model.resnet20.stem=small"], "per_model.resnet20.stem does not apply to "
+                                                                    "resnet20: its options are freeze, norm, weights"),
+                               (["+per_model.any.stemm=small"], "per_model.any.stemm: no model has an option stemm")]:
         with pytest.raises(CnnbenchError, match=re.escape(message)):
             run.validate(compose_cfg(*TINY, *overrides))
 

@@ -231,3 +231,23 @@ def test_the_log_names_top_k_as_it_is_and_a_busy_machine_is_said():
     assert "The machine was busy: 2 thread(s) of other processes were ready to run" in run._busy_note(env)
     assert run._busy_note({**env, "others_start": 0}) is None
     assert run._busy_note({**env, "cpus": 64, "others_start": 8}) is None  # 8 of 64 cores: not a quarter
+
+
+def test_threads_follow_the_load_but_not_in_a_deterministic_or_resumed_run(monkeypatch):
+    from types import SimpleNamespace
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(run.measure, "other_runnable", lambda: 5.0)  # a busy machine
+    monkeypatch.setattr(run.measure, "cores_per_process", lambda: 2)
+    default = min(run.measure._TORCH_THREADS, 2)
+    try:
+        assert run._use_cores(SimpleNamespace(threads=0, deterministic=False), cpu) == 5.0
+        assert torch.get_num_threads() == 1  # the busy cores left out
+        run._use_cores(SimpleNamespace(threads=0, deterministic=True), cpu)
+        assert torch.get_num_threads() == default  # results that must not depend on the load
+        run._use_cores(SimpleNamespace(threads=0, deterministic=False), cpu, resumed_with=2)
+        assert torch.get_num_threads() == 2  # as the run began: the same sums
+        run._use_cores(SimpleNamespace(threads=1, deterministic=True), cpu, resumed_with=2)
+        assert torch.get_num_threads() == 1  # given: kept
+    finally:
+        torch.set_num_threads(run.measure._TORCH_THREADS)

@@ -116,6 +116,10 @@ def draw_seed(seed: int, epoch: int, index: int) -> int:
 
 
 REFILL_TRIES = 16  # training: readable images looked for after an unreadable one, in split order
+# What this reader makes of a folder; 1, before it: tool folders were classes, 16-bit images were
+# clipped, EXIF orientation and dataset.train_size/val_size were ignored, augmentation was drawn
+# per worker. A checkpoint records it: a resume does not change the data under a run.
+READER_VERSION = 2
 
 
 class FolderSplit(datasets.ImageFolder):
@@ -346,8 +350,11 @@ def build_imagefolder(conf, device: torch.device, seed: int, image_size: int, ra
     if conf.num_workers is not None and workers < conf.num_workers:
         log.info(f"dataset.num_workers={conf.num_workers}, but this process may use {cores} core(s): "
                  f"{workers} DataLoader worker(s).")
+    # generator: the loaders' own, so that starting their workers draws nothing from the global
+    # generator (a resumed run starts them once more than one never stopped: its dropout would
+    # differ); the images' random draws are FolderSplit's, seeded per image.
     common = dict(num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
-                  collate_fn=collate_readable)
+                  collate_fn=collate_readable, generator=torch.Generator().manual_seed(seed))
     # The shuffle: epoch e's order is seeded with seed * 1_000_003 + e, as in the in-memory loader
     # (DistributedSampler adds the epoch). drop_last: every process gets the same number of images.
     shard = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,

@@ -183,42 +183,67 @@ def materialize(model: nn.Module, input_shape) -> nn.Module:
 # What the zoo states by hand: the smallest input, and where the network came from
 # ---------------------------------------------------------------------------------------------
 
+def fits(builder: Callable[..., nn.Module], in_channels: int, size: int, **options) -> Optional[str]:
+    """None if the network takes one square image of `size` px with in_channels channels, else
+    what its forward pass raised ("TypeName: message"). Tried on the meta device (shapes only), or,
+    for a network whose forward the meta device cannot run (one that reads a value, .item()), with a
+    real zero image on the CPU. Raises CnnbenchError when the network cannot be built."""
+    return _trial(builder, in_channels, json.dumps(options, sort_keys=True, default=str))(size)
+
+
 def min_size(builder: Callable[..., nn.Module], in_channels: int = 3, **options) -> int:
-    """The smallest square input (px) the network takes, found by trying: a forward pass of one
-    image on the meta device (shapes only) at 1 px, then doubling, then bisecting. Assumes a size
-    that works works at any larger size (true of networks that end in global pooling). Raises
-    CnnbenchError when nothing up to MAX_SIZE_TRIED px works, with what 224 px raised."""
-    return _min_size(builder, in_channels, json.dumps(options, sort_keys=True, default=str))
-
-
-@functools.lru_cache(maxsize=64)
-def _min_size(builder, in_channels: int, options: str) -> int:
-    with torch.device("meta"):
-        model = builder(num_classes=2, in_channels=in_channels, **json.loads(options)).eval()
-
-    def error(size: int) -> Optional[Exception]:
-        try:
-            with torch.no_grad():
-                model(torch.empty(1, in_channels, size, size, device="meta"))
-            return None
-        except Exception as e:
-            return e
-
+    """The smallest square input (px) the network takes, found by trying (fits): 1 px, then
+    doubling, then bisecting. Assumes a size that works works at any larger size, as for networks
+    that end in global pooling; a fixed-size network (a ViT takes 224 px and no other) gets a
+    CnnbenchError that says so, as does one that takes nothing up to MAX_SIZE_TRIED px."""
+    error = _trial(builder, in_channels, json.dumps(options, sort_keys=True, default=str))
     if error(1) is None:
         return 1
     lo, hi = 1, 2  # lo fails; find an hi that works
     while error(hi) is not None:
         lo, hi = hi, hi * 2
         if hi > MAX_SIZE_TRIED:
-            e = error(224)
-            said = " ".join(str(e).split())[:300]
+            if error(224) is None:
+                raise CnnbenchError("The network takes 224 px but not every size above some smallest one (a "
+                                    "fixed-size network, such as a ViT): set dataset.image_size to a size it takes, "
+                                    "e.g. 224.")
             raise CnnbenchError(f"The network takes no square input from 1 to {MAX_SIZE_TRIED} px with {in_channels} "
-                                f"channel(s): at 224 px it raised {type(e).__name__}: {said}. Check its first "
-                                f"layer's input channels and its forward.")
+                                f"channel(s): at 224 px it raised {error(224)}. Check its first layer's input "
+                                f"channels and its forward.")
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if error(mid) is None else (mid, hi)
     return hi
+
+
+@functools.lru_cache(maxsize=16)
+def _trial(builder, in_channels: int, options: str) -> Callable[[int], Optional[str]]:
+    """fits() for one network: built once on the meta device, tried at each size once."""
+    kwargs = dict(num_classes=2, in_channels=in_channels, **json.loads(options))
+    with torch.device("meta"):
+        model = builder(**kwargs).eval()
+    on_cpu = []  # built when the meta device cannot run the forward pass
+
+    @functools.lru_cache(maxsize=None)
+    def error(size: int) -> Optional[str]:
+        try:
+            with torch.no_grad():
+                model(torch.empty(1, in_channels, size, size, device="meta"))
+            return None
+        except Exception as e:
+            said = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            if "meta" not in str(e):
+                return said
+        if not on_cpu:
+            on_cpu.append(builder(**kwargs).eval())
+        try:
+            with torch.no_grad():
+                on_cpu[0](torch.zeros(1, in_channels, size, size))
+            return None
+        except Exception as e:
+            return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+
+    return error
 
 
 def _version(package: str) -> Optional[str]:
