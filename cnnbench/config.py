@@ -126,7 +126,7 @@ class DatasetConf:
     #                      0 = all (synthetic: how many to generate)
     val_size: int = 0  # the same for the validation images
     num_workers: Optional[int] = None  # DataLoader worker processes (imagefolder only); null = chosen for the
-    #                                    cores and device (measure.cpu_plan)
+    #                                    cores and device (measure.data_workers)
     val_fraction: float = 0.0  # imagefolder: validate on this fraction of train/ (each class's, a fixed
     #                            draw) instead of val/, for folders that have none; 0 = val/
 
@@ -181,7 +181,7 @@ class TrainerConf:
     on_nan: OnNan = OnNan.stop  # a non-finite training loss: stop (status diverged) | skip_step
     resume: bool = False  # continue from checkpoints/last.pt in the run directory
     threads: int = 0  # CPU threads for torch; 0 = chosen: torch's default (one per core) less the cores other
-    #                   processes take (measure.cpu_plan); a resumed run keeps its own
+    #                   processes take (measure.compute_threads); a resumed run keeps its own
     deterministic: bool = False  # deterministic kernels where PyTorch has them (slower); a layer without one warns
     progress: bool = True  # rich progress bar (shown only on a terminal)
 

@@ -191,26 +191,24 @@ def other_runnable(looks: int = 5) -> Optional[float]:
 _TORCH_THREADS = torch.get_num_threads()  # torch's default as the process started (OMP_NUM_THREADS, cores)
 
 
-def cpu_plan(device_type: str, cores: int, others: float, threads: int = 0, workers: Optional[int] = None,
-             reads_files: bool = False) -> Tuple[int, Optional[int]]:
-    """(compute threads, DataLoader workers) for a run; each given value is kept (workers capped at
-    the cores), each 0/None chosen. cores: the cores this process may use (under torchrun, its share);
-    others: threads of other processes ready to run (other_runnable); reads_files: an image folder.
+def compute_threads(cores: int, others: float) -> int:
+    """torch's CPU threads when trainer.threads=0: its default, but no more than the cores other
+    processes leave (cores: this process's, under torchrun its share; others: other processes'
+    threads ready to run, other_runnable). Threads that wait for a core stall each other: with three
+    busy processes on 2 cores, ResNet-20 trained at 106 images/s on 2 threads and 239 on 1. The
+    DataLoader workers are not counted: they sleep once their batches are ready (taking a thread
+    from ResNet-18 for two workers cost it a third, 220 -> 150 images/s)."""
+    return max(1, min(_TORCH_THREADS, cores - round(others)))
 
-    Workers (image folders only): on CUDA, all the cores but the one that feeds the GPU, at most 8;
-    on the CPU, a quarter of the cores (none on 2 or 3: CPU training is bound by its arithmetic, and
-    on 2 cores ResNet-18 at 64 px from JPEGs trained at 220 images/s with no workers or two alike).
-    Threads: torch's default, but no more than the cores other processes leave: threads that wait
-    for a core stall each other (not the workers, which sleep once their batches are ready; taking
-    a thread from ResNet-18 for two workers cost it a third, 220 -> 150 images/s)."""
-    if reads_files:
-        auto = min(8, max(1, cores - 1)) if device_type == "cuda" else cores // 4
-        workers = auto if workers is None else min(workers, cores)
-    else:
-        workers = None
-    if not threads:
-        threads = max(1, min(_TORCH_THREADS, cores - round(others)))
-    return threads, workers
+
+def data_workers(device_type: str, cores: int, asked: Optional[int] = None) -> int:
+    """An image folder's DataLoader workers: dataset.num_workers capped at the cores, or when null
+    on CUDA all the cores but the one that feeds the GPU, at most 8, and on the CPU a quarter of
+    them (none on 2 or 3: CPU training is bound by its arithmetic, and on 2 cores ResNet-18 at 64 px
+    from JPEGs trained at 220 images/s with no workers or two alike)."""
+    if asked is not None:
+        return min(asked, cores)
+    return min(8, max(1, cores - 1)) if device_type == "cuda" else cores // 4
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -466,13 +466,13 @@ def _prepare(t, seed: int, world: distributed.World = distributed.World()) -> to
 def _use_cores(t, device: torch.device, resumed_with: Optional[int] = None) -> Optional[float]:
     """Set torch's CPU threads for this job (every job: an earlier one in this process may have
     changed them): trainer.threads; else the count a resumed run was started with (another count
-    sums in another order: a resume would not be bit-identical); else measure.cpu_plan's choice for
+    sums in another order: a resume would not be bit-identical); else measure.compute_threads for
     the cores and the other processes ready to run now, but not with trainer.deterministic=true,
     whose results must not depend on the machine's load. Returns those other processes' runnable
     threads (None where the OS does not tell)."""
     others = measure.other_runnable()
-    threads = t.threads or resumed_with or measure.cpu_plan(
-        device.type, measure.cores_per_process(), 0 if t.deterministic else others or 0)[0]
+    threads = t.threads or resumed_with or measure.compute_threads(
+        measure.cores_per_process(), 0 if t.deterministic else others or 0)
     torch.set_num_threads(threads)
     return others
 

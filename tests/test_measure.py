@@ -136,13 +136,14 @@ def test_environment_names_the_versions():
 
 
 def test_threads_and_workers_are_chosen_for_the_cores_and_the_load():
-    cpu_plan = measure.cpu_plan
     default = measure._TORCH_THREADS
-    assert cpu_plan("cpu", 2, others=0, reads_files=True) == (min(default, 2), 0)  # 2 cores: no workers
-    assert cpu_plan("cpu", 16, others=0, reads_files=True) == (min(default, 16), 4)  # a quarter decode
-    assert cpu_plan("cuda", 16, others=0, reads_files=True) == (min(default, 16), 8)  # workers feed the GPU
-    assert cpu_plan("cpu", 2, others=3) == (1, None)  # three busy threads on 2 cores: one thread
-    assert cpu_plan("cpu", 2, others=3, threads=2, workers=5, reads_files=True) == (2, 2)  # given: kept, capped
+    assert measure.compute_threads(2, others=0) == min(default, 2)
+    assert measure.compute_threads(16, others=0) == min(default, 16)
+    assert measure.compute_threads(2, others=3) == 1  # three busy threads on 2 cores: one thread
+    assert measure.data_workers("cpu", 2) == 0  # 2 cores: no workers
+    assert measure.data_workers("cpu", 16) == 4  # a quarter decode
+    assert measure.data_workers("cuda", 16) == 8  # workers feed the GPU
+    assert measure.data_workers("cpu", 2, asked=5) == 2  # given: kept, capped at the cores
 
 
 def test_other_processes_ready_to_run_are_seen_and_ours_are_not():

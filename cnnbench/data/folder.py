@@ -343,10 +343,10 @@ def build_imagefolder(conf, device: torch.device, seed: int, image_size: int, ra
     train_set.keep(balanced_subset(train_set.targets, conf.train_size))  # all of them for 0
     val_set.keep(balanced_subset(val_set.targets, conf.val_size))
     cuda = device.type == "cuda"
-    # null: measure.cpu_plan's choice for the cores and the device; more workers than cores only adds
-    # switching (and PyTorch warns about it): capped.
+    # null: chosen for the cores and the device; more workers than cores only adds switching (and
+    # PyTorch warns about it): capped.
     cores = measure.cores_per_process()
-    _, workers = measure.cpu_plan(device.type, cores, 0, threads=1, workers=conf.num_workers, reads_files=True)
+    workers = measure.data_workers(device.type, cores, conf.num_workers)
     if conf.num_workers is not None and workers < conf.num_workers:
         log.info(f"dataset.num_workers={conf.num_workers}, but this process may use {cores} core(s): "
                  f"{workers} DataLoader worker(s).")
