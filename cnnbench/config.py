@@ -81,6 +81,8 @@ class DatasetName(Choice):
     cifar100 = "cifar100"
     imagefolder = "imagefolder"
     synthetic = "synthetic"
+    fashion_scenes = "fashion_scenes"  # segmentation (and detection): Fashion-MNIST items placed on canvases
+    voc_segmentation = "voc_segmentation"  # segmentation: a PASCAL VOC folder (JPEGImages, SegmentationClass)
 
 
 @dataclass
@@ -129,6 +131,8 @@ class DatasetConf:
     #                                    cores and device (measure.data_workers)
     val_fraction: float = 0.0  # imagefolder: validate on this fraction of train/ (each class's, a fixed
     #                            draw) instead of val/, for folders that have none; 0 = val/
+    canvas: int = 96  # fashion_scenes: px of each generated square canvas
+    max_items: int = 4  # fashion_scenes: 1 to this many Fashion-MNIST items per canvas
 
 
 @dataclass

@@ -29,6 +29,15 @@ class DataInfo:
     classes: Optional[list] = None  # [{index, name, train_images, val_images}], for the log and the record
     train_used: int = 0  # images trained on per epoch: whole batches (all processes), the rest left out
     workers: Optional[int] = None  # DataLoader worker processes (image folders); None: no loader processes
+    task: str = "classification"  # what the targets are: (B,) labels | segmentation: (B, H, W) class per pixel
+    ignore_index: Optional[int] = None  # segmentation: the mask value that no loss or metric counts (255)
+
+
+# The tasks each dataset's targets serve (cnnbench/tasks/): a model of another task is refused up front.
+DATASET_TASKS = {"fashion_mnist": ("classification",), "mnist": ("classification",),
+                 "cifar10": ("classification",), "cifar100": ("classification",),
+                 "imagefolder": ("classification",), "synthetic": ("classification",),
+                 "fashion_scenes": ("segmentation",), "voc_segmentation": ("segmentation",)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +189,14 @@ def build_data(conf, device: torch.device, seed: int, image_size: int, rank: int
         from cnnbench.data.folder import build_imagefolder
 
         return build_imagefolder(conf, device, seed, image_size, rank, world)
+    if name == "fashion_scenes":
+        from cnnbench.data.scenes import build_fashion_scenes
+
+        return build_fashion_scenes(conf, device, seed, image_size, rank, world)
+    if name == "voc_segmentation":
+        from cnnbench.data.voc import build_voc_segmentation
+
+        return build_voc_segmentation(conf, device, seed, image_size, rank, world)
     root = Path(os.path.expanduser(conf.root))
     if name in _MNIST_LIKE:
         tensors, source, names = _load_mnist_like(name, root, conf.download)

@@ -30,6 +30,7 @@ class ModelInfo:
     min_size: Union[int, Callable[..., int]]  # smallest H = W accepted (may depend on options)
     max_size: Optional[int]  # largest H = W accepted; None = no limit
     external: bool = False  # not one of the papers' networks: options name it, sizes are found by trying
+    task: str = "classification"  # what it predicts: classification | segmentation (| detection)
 
     @property
     def options(self) -> List[str]:
@@ -49,14 +50,16 @@ _REGISTRY: Dict[str, ModelInfo] = {}
 
 
 def register_model(name: str, *, family: str, year: int, paper: str, min_size, max_size=None,
-                   default_input=(3, 224, 224), default_classes=1000):
-    """Decorator: add a builder to the registry. Names are unique."""
+                   default_input=(3, 224, 224), default_classes=1000, task: str = "classification"):
+    """Decorator: add a builder to the registry. Names are unique. task: what the network predicts
+    (cnnbench/tasks/ has one file per task); a classifier returns (B, classes) scores, a segmenter
+    (B, classes, H', W') per-pixel scores."""
 
     def wrap(builder):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = ModelInfo(name, builder, family, year, paper, tuple(default_input),
-                                    default_classes, min_size, max_size)
+                                    default_classes, min_size, max_size, task=task)
         return builder
 
     return wrap
