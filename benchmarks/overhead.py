@@ -1,14 +1,19 @@
 """cnnbench's own cost: `cnnbench train` throughput against a bare PyTorch loop, same run.
 
-    python benchmarks/overhead.py [--epochs 1] [--repeats 3] [--device cpu] [--model lenet5]
+    python benchmarks/overhead.py [--task classification|segmentation] [--epochs 1] [--repeats 7]
+                                  [--device cpu] [--model NAME] [OVERRIDE ...]
 
-Both train LeNet-5 on Fashion-MNIST (in-memory tensors, batch 128, the same threads and device)
-with SGD + Nesterov momentum. The bare loop has nothing but zero_grad / forward / backward / step
-over pre-normalised float tensors; cnnbench runs its real path (run.train: uint8 data normalised
-per batch on the device, scheduler, metrics, TensorBoard, checkpoints, results.json). Each side
-reports steady-state images/s (the first 10 steps of each epoch left out, CUDA synchronised);
-they alternate so that drifting clocks hit both; the ratio of medians is printed.
-Target (issue 2): ratio >= 0.95 on the CPU.
+classification (default): both train LeNet-5 on Fashion-MNIST (in-memory tensors, batch 128).
+segmentation: both train U-Net (model.padding=same) on fashion_scenes canvases, per-pixel
+cross-entropy with 255 ignored (CPU: 48 px canvases, 512 of them, batch 16, no augmentation,
+since the bare loop has none). Both sides use the same threads, device and optimizer (SGD +
+Nesterov momentum). The bare loop has nothing but zero_grad / forward / backward / step over
+pre-normalised float tensors; cnnbench runs its real path (run.train: uint8 data normalised per
+batch on the device, scheduler, the task's running figures, TensorBoard, checkpoints,
+results.json). Each side reports steady-state images/s (the first 10 steps of each epoch left
+out, CUDA synchronised); they alternate so that drifting clocks hit both; the ratio of medians is
+printed. Targets: ratio >= 0.95 on the CPU (issue 2 for classification, issue 17 for segmentation).
+Extra arguments are config overrides for both sides (dataset.canvas=96 on a GPU, say).
 """
 
 import argparse
@@ -33,10 +38,18 @@ from omegaconf import OmegaConf  # noqa: E402
 WARMUP = 10  # steps per epoch left out of the timing, as cnnbench does
 
 
-def bare_loop(x, y, model_name, batch, epochs, lr, device) -> float:
+# What each task trains on the CPU unless overridden: small enough for a few minutes per repeat.
+CASES = {
+    "classification": ["model=lenet5"],
+    "segmentation": ["model=unet", "model.padding=same", "dataset=fashion_scenes", "dataset.canvas=48",
+                     "dataset.train_size=512", "dataset.val_size=64", "dataset.batch_size=16", "dataset.augment=false"],
+}
+
+
+def bare_loop(x, y, model_name, options, classes, batch, epochs, lr, device) -> float:
     """Images/s of the plainest correct training loop over the same tensors."""
     torch.manual_seed(0)
-    model = create_model(model_name, num_classes=10, in_channels=1).to(device)
+    model = create_model(model_name, num_classes=classes, in_channels=x.shape[1], **options).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     rates = []
     for _ in range(epochs):
@@ -47,7 +60,7 @@ def bare_loop(x, y, model_name, batch, epochs, lr, device) -> float:
                 sync_device(device)
                 t0 = time.perf_counter()
             idx = order[i * batch:(i + 1) * batch]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = F.cross_entropy(model(x[idx]), y[idx], ignore_index=255)  # 255: unlabelled pixels
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -66,20 +79,27 @@ def main():
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--model", default="lenet5")
+    p.add_argument("--task", default="classification", choices=sorted(CASES))
+    p.add_argument("--model", default=None, help="another model of the task (default: lenet5 / unet)")
+    p.add_argument("overrides", nargs="*", help="config overrides for both sides")
     a = p.parse_args()
 
-    cfg = compose_config([f"model={a.model}", f"trainer.device={a.device}", f"trainer.epochs={a.epochs}",
-                          "trainer.progress=false"])
+    case = CASES[a.task] + ([f"model={a.model}"] if a.model else [])
+    cfg = compose_config([*case, f"trainer.device={a.device}", f"trainer.epochs={a.epochs}",
+                          "trainer.progress=false", "trainer.log_filters=false", *a.overrides])
+    run.validate(cfg)
     device = run.resolve_device(a.device)
-    train, _, _ = build_data(OmegaConf.to_object(cfg.dataset), device, 0, run.image_size_for(cfg))
+    train, _, data = build_data(OmegaConf.to_object(cfg.dataset), device, 0, run.image_size_for(cfg))
     x = train.normalize(train.images)  # the bare loop gets its floats ready-made
-    y = train.labels
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{a.model}, batch {cfg.dataset.batch_size}, {len(x)} images x {a.epochs} epoch(s), {a.repeats} repeats")
+    y = train.labels.long()  # (N,) labels or (N, H, W) masks
+    name, options = cfg.model.name, run.model_options(cfg.model)
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {a.task}: "
+          f"{name} {options or ''}, batch {cfg.dataset.batch_size}, {len(x)} images of {x.shape[-1]} px x "
+          f"{a.epochs} epoch(s), {a.repeats} repeats")
     bare, ours = [], []
     for r in range(a.repeats):
-        bare.append(bare_loop(x, y, a.model, cfg.dataset.batch_size, a.epochs, cfg.optimizer.lr, device))
+        bare.append(bare_loop(x, y, name, options, data.num_classes, cfg.dataset.batch_size, a.epochs,
+                              cfg.optimizer.lr, device))
         ours.append(cnnbench_loop(cfg))
         print(f"  repeat {r + 1}: bare {bare[-1]:,.0f} img/s, cnnbench {ours[-1]:,.0f} img/s")
     ratio = statistics.median(ours) / statistics.median(bare)

@@ -727,15 +727,12 @@ def _summary(r: dict) -> None:
 
     from cnnbench.report import gmacs
 
-    def pct(x):
-        return "—" if x is None else f"{100 * x:.2f}%"
+    from cnnbench.tasks import get_task
 
-    k = min(5, r.get("num_classes") or 5)  # the top-5 error is capped at the classes: top-3 of 3
     table = Table(title=f"{r['model']} on {r['dataset']} — {r['status']}", show_header=False)
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")  # values wrap between words, never end in "…"
-    rows = [(f"top-1 / top-{k} error", f"{pct(r['top1_err'])} / {pct(r['top5_err'])}"),
-            ("best top-1 error", f"{pct(r['best_top1_err'])} (epoch {r['best_epoch']})"),
+    rows = [*get_task(r.get("task", "classification")).summary(r),  # the task's figures
             ("parameters", f"{r['params']:,}"),
             ("MACs per image", f"{gmacs(r['macs'])} G (FLOPs = 2 × MACs)"),
             ("activations per image", f"{r['activation_bytes'] / 2**20:.2f} MiB"),

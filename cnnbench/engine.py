@@ -1,21 +1,23 @@
-"""The training and evaluation loops: plain PyTorch, no Hydra, no files.
+"""The training and evaluation loops: plain PyTorch, no Hydra, no files, the same for every task.
 
-Metrics accumulate on the device and are read once per logging interval, so the step itself
-never waits for the host (on CUDA, `.item()` inside the step would serialise the pipeline).
+What differs between tasks (the loss, the running figure, the evaluation figures) comes from the
+StepConfig's task (cnnbench/tasks/): the loop never looks inside a target. Metrics accumulate on
+the device and are read once per logging interval, so the step itself never waits for the host
+(on CUDA, `.item()` inside the step would serialise the pipeline).
 """
 
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from cnnbench import distributed
-
-AUX_WEIGHT = 0.3  # GoogLeNet's auxiliary classifiers: loss weight each (Szegedy et al. 2014, 5)
+from cnnbench.tasks import Task
+from cnnbench.tasks.classification import (AUX_WEIGHT, CLASSIFICATION, classification_loss,  # noqa: F401
+                                           topk_errors)
 
 
 @dataclass
@@ -33,24 +35,10 @@ class StepConfig:
     channels_last: bool = False  # hand the model NHWC batches (the model's weights are NHWC too)
     distributed: bool = False  # torchrun: sum the running metrics over every process at each read
     cuda_graphs: bool = False  # the compiled model replays CUDA graphs: mark where each step starts
-
-
-def classification_loss(output, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy; a model with auxiliary heads returns (logits, [aux, ...]) in training."""
-    if isinstance(output, tuple):
-        logits, aux = output
-        return (F.cross_entropy(logits, target, label_smoothing=label_smoothing)
-                + AUX_WEIGHT * sum(F.cross_entropy(a, target, label_smoothing=label_smoothing) for a in aux))
-    return F.cross_entropy(output, target, label_smoothing=label_smoothing)
-
-
-def topk_errors(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> torch.Tensor:
-    """Number of images whose label is not among the top k predictions, for each k (k is capped
-    at the number of classes, so top-5 on 3 classes is top-3: always right). (len(ks),) tensor."""
-    kmax = min(max(ks), logits.shape[1])
-    top = logits.topk(kmax, dim=1).indices  # (B, kmax)
-    hit = top == target[:, None]  # (B, kmax)
-    return torch.stack([(~hit[:, :min(k, kmax)].any(dim=1)).sum() for k in ks])
+    task: Task = CLASSIFICATION  # the loss, the running figure and the evaluation's figures
+    num_classes: Optional[int] = None  # the model's outputs (None: read from the scores)
+    ignore_index: Optional[int] = None  # segmentation: the mask value no loss or figure counts
+    class_names: Optional[List[str]] = None  # for per-class figures in the record
 
 
 def _autocast(step: StepConfig):
@@ -79,8 +67,10 @@ class EpochState:
     checkpoints carry it). Running sums stay on the device; they are read once per log interval."""
 
     step: int = 0  # batches done in this epoch
-    totals: Optional[torch.Tensor] = None  # (2,) loss sum and top-1 errors over the logged windows
-    window: Optional[torch.Tensor] = None  # (2,) the same since the last log
+    # (3,) over the logged windows: the loss summed over images, and the running figure's numerator
+    # and denominator (classification: top-1 errors and images; segmentation: right and labelled pixels)
+    totals: Optional[torch.Tensor] = None
+    window: Optional[torch.Tensor] = None  # (3,) the same since the last log
     images: int = 0  # images in totals
     window_images: int = 0  # images in window
     first_bad_step: Optional[torch.Tensor] = None  # () global step of the first non-finite loss, -1 = none
@@ -88,9 +78,11 @@ class EpochState:
     seconds: float = 0.0  # time spent in this epoch by earlier processes (a resumed epoch)
 
     def to(self, device: torch.device) -> "EpochState":
-        for name in ("totals", "window"):
+        for name, images in (("totals", self.images), ("window", self.window_images)):
             value = getattr(self, name)
-            setattr(self, name, torch.zeros(2, device=device) if value is None else value.to(device))
+            if value is not None and value.numel() == 2:  # saved by cnnbench before tasks: its denominator, the images
+                value = torch.cat([value.cpu().float(), torch.tensor([float(images)])])
+            setattr(self, name, torch.zeros(3, device=device) if value is None else value.to(device))
         bad = self.first_bad_step
         self.first_bad_step = torch.tensor(-1, device=device) if bad is None else bad.to(device)
         return self
@@ -107,13 +99,15 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
     """One pass over the training loader, from batch state.step on (0 = the start; a resumed
     epoch goes on where its checkpoint left it, with the same data order).
 
-    Calls on_log(global_step, {"train/loss", "train/top1_err"}) every step.log_every steps, and
+    Calls on_log(global_step, {"train/loss", "train/<the task's figure>"}) every step.log_every steps, and
     on_step(global_step, state) after every step: the progress bar, mid-epoch checkpoints; it
     returns True to stop the epoch there (a signal). A non-finite loss raises Diverged at the next
     log read (step.on_nan="stop"), or skips that update (step.on_nan="skip_step", one host read
-    per step). Returns the epoch's loss, top-1 error, images, seconds, steady-state images/s,
-    the global step, whether it stopped early, and its state."""
+    per step). Returns the epoch's loss, its training figure (under the task's train_metric name:
+    top1_err, pixel_acc), images, seconds, steady-state images/s, the global step, whether it
+    stopped early, and its state."""
     model.train()
+    task = step.task
     state = (state or EpochState()).to(step.device)
     n_steps = min(len(loader), step.max_steps) if step.max_steps else len(loader)
     run_steps = n_steps - state.step  # what this call does
@@ -145,8 +139,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
         if step.cuda_graphs:  # the last step's graph outputs may be overwritten from here on
             torch.compiler.cudagraph_mark_step_begin()
         with _autocast(step):
-            output = model(x)
-            loss = classification_loss(output, y, step.label_smoothing)
+            loss, sums = task.train_step(model, x, y, step.label_smoothing)  # sums: (2,) detached
         optimizer.zero_grad(set_to_none=True)
         finite = torch.isfinite(loss)
         skip = step.on_nan == "skip_step" and not finite  # a host read per step, in this mode only
@@ -164,13 +157,12 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
         state.step += 1
         done += 1
 
-        logits = output[0] if isinstance(output, tuple) else output
         if not skip:
             with torch.no_grad():  # small device ops a step; no host sync (a Python int is passed by value)
-                state.window += torch.stack([loss.detach().float() * len(y), (logits.argmax(1) != y).sum().float()])
+                state.window += torch.cat([loss.detach().float()[None] * len(x), sums.float()])
                 state.first_bad_step = torch.where((state.first_bad_step < 0) & ~finite, global_step,
                                                    state.first_bad_step)
-            state.window_images += len(y)
+            state.window_images += len(x)
         if global_step % step.log_every == 0 or state.step == n_steps:
             log_window(state, global_step, step, on_log)
         if on_step(global_step, state) and state.step < n_steps:
@@ -182,9 +174,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
         log_window(state, global_step, step, on_log)
     elif state.images == 0 and state.skipped_steps:  # on_nan=skip_step, and not one finite loss
         raise Diverged(global_step)
-    loss_sum, errors = state.totals.tolist()
+    loss_sum, numerator, denominator = state.totals.tolist()
     steady = (done - warmup) * (state.images / max(state.step, 1))  # images after the warm-up steps
-    return {"loss": loss_sum / max(state.images, 1), "top1_err": errors / max(state.images, 1),
+    return {"loss": loss_sum / max(state.images, 1), task.train_metric: numerator / max(denominator, 1),
             "images": int(state.images), "seconds": state.seconds + t1 - t0,
             "images_per_s": steady / (t1 - t_warm) if t1 > t_warm and done > warmup else None,
             "global_step": global_step, "stopped": stopped, "skipped_steps": state.skipped_steps,
@@ -207,8 +199,8 @@ def _reduce_window(state: EpochState, step: StepConfig) -> None:
     """torchrun: the window's sums and image count over every process; the first bad step of any."""
     counts = torch.cat([state.window, torch.tensor([float(state.window_images)], device=step.device)])
     distributed.all_sum(counts)
-    state.window.copy_(counts[:2])
-    state.window_images = int(counts[2])
+    state.window.copy_(counts[:3])
+    state.window_images = int(counts[3])
     distributed.all_max(state.first_bad_step)
 
 
@@ -217,12 +209,12 @@ def log_window(state: EpochState, global_step: int, step: StepConfig, on_log) ->
     the epoch's totals. Raises Diverged if a loss since the start of the epoch was not finite."""
     if step.distributed:
         _reduce_window(state, step)
-    loss_sum, errors, bad = torch.cat([state.window, state.first_bad_step.float()[None]]).tolist()
+    loss_sum, numerator, denominator, bad = torch.cat([state.window, state.first_bad_step.float()[None]]).tolist()
     if bad >= 0:
         raise Diverged(int(bad))
     if state.window_images:  # 0 when every step since the last log was skipped (on_nan=skip_step)
         on_log(global_step, {"train/loss": loss_sum / state.window_images,
-                             "train/top1_err": errors / state.window_images})
+                             f"train/{step.task.train_metric}": numerator / max(denominator, 1)})
     _fold_window(state)
 
 
@@ -236,21 +228,18 @@ def _fold_window(state: EpochState) -> None:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, step: StepConfig) -> dict:
-    """Loss, top-1 and top-5 error (fractions, 0-1) over the loader (its first step.max_eval_steps
-    batches when set), in evaluation mode, and the number of images they cover."""
+    """The task's evaluation figures over the loader (its first step.max_eval_steps batches when
+    set), in evaluation mode, summed over torchrun's processes: classification's loss, top-1 and
+    top-5 error (fractions, 0-1); segmentation's loss, mIoU, pixel accuracy, ...; and the number
+    of images they cover."""
     model.eval()
-    totals = torch.zeros(3, device=step.device)  # loss sum, top-1 errors, top-5 errors
-    images = 0  # counted on the host: no copy to the device per batch
+    meter = step.task.meter(step.num_classes, step.device, step.ignore_index, step.class_names)
     for i, (x, y) in enumerate(loader):
         if i == step.max_eval_steps > 0:
             break
         if step.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(step):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, reduction="sum")
-        totals += torch.stack([loss, *topk_errors(logits, y, (1, 5)).float()])
-        images += len(y)
-    counts = torch.cat([totals, torch.tensor([float(images)], device=step.device)])
-    loss_sum, err1, err5, images = distributed.all_sum(counts).tolist()  # every process's share
-    return {"loss": loss_sum / images, "top1_err": err1 / images, "top5_err": err5 / images, "images": int(images)}
+            output = step.task.predict(model, x)
+        meter.update(output, y)
+    return meter.compute()

@@ -412,19 +412,21 @@ def time_it(fn: Callable[[], None], device: torch.device, warmup: int, repeats: 
 
 
 def speed(model: nn.Module, input_shape: Tuple[int, int, int], batch: int, device: torch.device,
-          warmup: int, repeats: int, train_step: bool) -> dict:
+          warmup: int, repeats: int, train_step: bool, loss: Optional[Callable] = None) -> dict:
     """Inference latency and throughput, and training-step throughput, at one batch size; on
-    CUDA also the peak memory of the training step."""
+    CUDA also the peak memory of the training step. loss(output) -> scalar: the task's loss
+    against any target (default: a classifier's cross-entropy against class 0)."""
     x = torch.randn(batch, *input_shape, device=device)
-    y = torch.zeros(batch, dtype=torch.long, device=device)
     model.eval()
     with torch.no_grad():
         infer = time_it(lambda: model(x), device, warmup, repeats)
     row = {"batch_size": batch, "latency_ms": 1000 * infer, "infer_images_per_s": batch / infer,
            "train_step_ms": None, "train_images_per_s": None, "peak_memory_bytes": None}
     if train_step and batch > 1:  # BatchNorm cannot train on one image
-        from cnnbench.engine import classification_loss
+        if loss is None:
+            from cnnbench.tasks.classification import CLASSIFICATION
 
+            loss = CLASSIFICATION.probe_loss
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-9)
         model.train()
         if device.type == "cuda":
@@ -432,7 +434,7 @@ def speed(model: nn.Module, input_shape: Tuple[int, int, int], batch: int, devic
 
         def step():
             opt.zero_grad(set_to_none=True)
-            classification_loss(model(x), y).backward()
+            loss(model(x)).backward()
             opt.step()
 
         t = time_it(step, device, warmup, repeats)
@@ -443,12 +445,12 @@ def speed(model: nn.Module, input_shape: Tuple[int, int, int], batch: int, devic
 
 
 def max_train_batch(model: nn.Module, input_shape: Tuple[int, int, int], device: torch.device,
-                    limit: int = 65536) -> int:
+                    limit: int = 65536, loss: Optional[Callable] = None) -> int:
     """CUDA: the largest training batch, up to limit, whose fp32 step fits in memory (doubling,
     then bisection); 0 if not even 2 fit (BatchNorm cannot train on one image)."""
     def fits(batch: int) -> bool:
         try:
-            speed(model, input_shape, batch, device, warmup=0, repeats=1, train_step=True)
+            speed(model, input_shape, batch, device, warmup=0, repeats=1, train_step=True, loss=loss)
             return True
         except torch.cuda.OutOfMemoryError:
             return False

@@ -28,6 +28,8 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from cnnbench import distributed, engine, measure, track
+from cnnbench.tasks import Task, get_task
+from cnnbench.tasks.classification import CLASSIFICATION
 from cnnbench.errors import CnnbenchError, RunFailed, RunInterrupted
 from cnnbench.data.folder import READER_VERSION as FOLDER_READER
 from cnnbench.models import create_model, external, get_model_info, weights
@@ -44,9 +46,9 @@ _OPTIMIZERS = {
     "rmsprop": (torch.optim.RMSprop, ("alpha", "eps", "momentum")),
 }
 _OPTIONAL_OPTIMIZER_KEYS = ("momentum", "nesterov", "betas", "eps", "alpha")
-# What a checkpoint carries of results.json, so a resumed run reports the whole run.
-_RESUMED_KEYS = ("history", "best_top1_err", "best_epoch", "top1_err", "top5_err", "loss", "epochs",
-                 "wall_time_s", "train_images_per_s", "schedule_changes")
+# What a checkpoint carries of results.json, so a resumed run reports the whole run (with the
+# task's own figures: its record_keys and best_<score>).
+_RESUMED_KEYS = ("history", "best_epoch", "epochs", "wall_time_s", "train_images_per_s", "schedule_changes")
 # What a resumed run may change: how long it trains and how it is watched, not what it computes.
 _RESUMABLE_CHANGES = {"trainer.epochs", "trainer.eval_every", "trainer.log_every_steps", "trainer.max_eval_steps",
                       "trainer.checkpoint", "trainer.checkpoint_every_steps", "trainer.log_grad_norms",
@@ -150,6 +152,7 @@ def validate(cfg: DictConfig) -> None:
                                 f"The top-level settings are: {', '.join(known)}.")
     m, d, o, s, t = cfg.model, cfg.dataset, cfg.optimizer, cfg.scheduler, cfg.trainer
     info = get_model_info(m.name)  # unknown name -> the list of known ones
+    _check_task(info, _value(d.name))
     options = model_options(m)
     unknown = sorted(set(options) - set(info.options))
     if unknown:
@@ -292,6 +295,29 @@ def validate(cfg: DictConfig) -> None:
     dev = t.device
     if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise CnnbenchError(f"trainer.device={dev!r} is not a device. Use auto, cpu, cuda or cuda:N.")
+
+
+def _check_task(info, dataset: str) -> None:
+    """A model and a dataset of different tasks (a classifier on masks, a segmenter on labels)
+    are refused, naming the datasets and models that fit."""
+    from cnnbench.data import DATASET_TASKS
+    from cnnbench.models import list_models
+
+    if info.task in DATASET_TASKS.get(dataset, ("classification",)):
+        return
+    served = DATASET_TASKS.get(dataset, ("classification",))
+    fitting = [n for n, tasks in DATASET_TASKS.items() if info.task in tasks]
+    models = [n for n in list_models() if get_model_info(n).task in served]
+    shown = ", ".join(models[:8]) + (", ..." if len(models) > 8 else "")
+    datasets = ", ".join(f"dataset={n}" for n in fitting)
+    raise CnnbenchError(f"model={info.name} is a {info.task} network, and dataset={dataset} holds "
+                        f"{' and '.join(served)} data (its targets are {_TARGETS[served[0]]}, not "
+                        f"{_TARGETS[info.task]}). Choose a {info.task} dataset for it ({datasets}), or a "
+                        f"{served[0]} model for this dataset ({shown}; `cnnbench models` lists each with its task).")
+
+
+_TARGETS = {"classification": "one label per image", "segmentation": "a class for every pixel",
+            "detection": "boxes with classes"}
 
 
 def _size_source(cfg: DictConfig) -> str:
@@ -723,6 +749,76 @@ def _config_dict(cfg: DictConfig) -> Dict[str, Any]:
         return OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
 
 
+def _build_model(m, num_classes: int, input_shape: tuple) -> tuple[nn.Module, Dict[str, Any]]:
+    """The configured network on the CPU, with model.weights loaded and model.freeze applied, and
+    what it costs per image at input_shape (C, H, W): parameters, MACs and activation bytes, for
+    the record."""
+    options = model_options(m)
+
+    def build():  # lazy layers (an external network's) take their shapes from a first forward
+        return external.materialize(create_model(m.name, num_classes=num_classes, in_channels=input_shape[0],
+                                                 **options), input_shape)
+
+    model = build()
+    if m.weights or _value(m.freeze) == "backbone":
+        heads = weights.final_layers(build, input_shape)
+        if m.weights:
+            reinit = weights.load_weights(model, str(Path(m.weights).expanduser()), heads)
+            log.info(f"Loaded {m.weights}" + (f"; new {num_classes}-class classifier: {', '.join(reinit)}"
+                                             if reinit else ""))
+        if _value(m.freeze) == "backbone":
+            weights.freeze_backbone(model, heads)
+            log.info(f"Training only {', '.join(heads)}; the rest is frozen.")
+    params, trainable, param_bytes, training_only = measure.count_params(model)
+    return model, {
+        "params": params, "trainable_params": trainable,  # for inference (no auxiliary heads)
+        "training_only_params": training_only,  # e.g. GoogLeNet's auxiliary classifiers
+        "macs": (macs := measure.count_macs(build, input_shape)),
+        "flops": 2 * macs,  # per image, forward pass; FLOPs = 2 x MACs
+        "activation_bytes": measure.activation_bytes(build, input_shape), "param_bytes": param_bytes}
+
+
+def _new_record(cfg: DictConfig, run: "Run", task: Task, data, facts: Dict[str, Any], input_shape: tuple,
+                num_classes: int, optimizer, device, world, amp: str, channels_last: bool, used: int,
+                others_start) -> Dict[str, Any]:
+    """results.json as a run starts: what runs, where, and what the model costs; the figures of
+    the task (task.record_keys, best_<score>) empty until the first evaluation."""
+    m, d, t = cfg.model, cfg.dataset, cfg.trainer
+    return {
+        "status": "running", "error": None, "run_dir": str(run.dir.resolve()),
+        "model": model_label(m), "dataset": _value(d.name), "optimizer": _value(cfg.optimizer.name),
+        "seed": cfg.seed, "task": task.name,
+        "score": {"key": task.score, "higher_is_better": task.higher_is_better},  # the headline figure
+        "model_source": _model_source(cfg),  # an external network's import path and file hash, or library
+        **facts,  # params, MACs and activation bytes per image at input_shape (_build_model)
+        "peak_memory_bytes": None, "peak_memory_kind": None, "train_images_per_s": None,
+        "input_shape": list(input_shape), "num_classes": num_classes, "batch_size": d.batch_size,
+        "world_size": world.size, "global_batch_size": d.batch_size * world.size,  # batch_size is per process
+        "amp": amp, "channels_last": channels_last, "compile": t.compile,
+        "compile_mode": _value(t.compile_mode) if t.compile else None,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark, "fused_optimizer": bool(optimizer.defaults.get("fused")),
+        "compile_s": None, "data_wait_s": None, "compute_s": None, "mfu": None,
+        "mfu_note": measure.mfu_note(device, amp),
+        "train_images": data.train_size, "train_images_used": used,  # the split; per epoch
+        "val_images": data.val_size, "data_source": data.source,
+        "classes": data.classes,  # [{index, name, train_images, val_images}]
+        "schedule_changes": [],  # resumes that changed trainer.epochs: the schedule recomputed (_extend_schedule)
+        "data_bytes": data.bytes,  # in-memory datasets: held on the device, so part of peak_memory_bytes
+        "epochs": 0, **{k: None for k in task.record_keys},  # the last evaluation's figures
+        f"best_{task.score}": None, "best_epoch": None, "wall_time_s": 0.0, "history": [],
+        "env": {**measure.environment(device), "others_start": others_start},
+        "data_workers": data.workers,  # DataLoader worker processes (image folders; null: none used)
+        "busy_note": None,  # set when other processes competed for the CPU (_busy_note)
+        "config": _config_dict(cfg),
+        "overrides": _job_overrides(),  # the command line's, in full (a sweep job's folder name may be cut)
+    }
+
+
+def _resumed_keys(task: Task) -> tuple:
+    """What a checkpoint carries of results.json for a run of this task."""
+    return (*_RESUMED_KEYS, *task.record_keys, f"best_{task.score}")
+
+
 def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     """Train the composed configuration and write its record into run_dir. Returns the results."""
     validate(cfg)
@@ -745,29 +841,13 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     train_loader, val_loader, data = build_data(OmegaConf.to_object(d), device, cfg.seed, image_size,
                                                 world.rank, world.size)
     num_classes = m.num_classes if m.num_classes is not None else data.num_classes
-    log.info(f"{len(data.classes)} classes (index name: train/val images): " + ", ".join(
+    what = "images" if data.task == "classification" else "images holding it"
+    log.info(f"{len(data.classes)} classes (index name: train/val {what}): " + ", ".join(
         f"{c['index']} {c['name']}: {c['train_images']}/{c['val_images']}" for c in data.classes))
     input_shape = (data.in_channels, image_size, image_size)
-
-    options = model_options(m)
-
-    def build():  # lazy layers (an external network's) take their shapes from a first forward
-        return external.materialize(create_model(m.name, num_classes=num_classes, in_channels=data.in_channels,
-                                                 **options), input_shape)
-
-    model = build()
-    if m.weights or _value(m.freeze) == "backbone":
-        heads = weights.final_layers(build, input_shape)
-        if m.weights:
-            reinit = weights.load_weights(model, str(Path(m.weights).expanduser()), heads)
-            log.info(f"Loaded {m.weights}" + (f"; new {num_classes}-class classifier: {', '.join(reinit)}"
-                                             if reinit else ""))
-        if _value(m.freeze) == "backbone":
-            weights.freeze_backbone(model, heads)
-            log.info(f"Training only {', '.join(heads)}; the rest is frozen.")
-    params, trainable, param_bytes, training_only = measure.count_params(model)
-    macs = measure.count_macs(build, input_shape)
-    act_bytes = measure.activation_bytes(build, input_shape)
+    task = get_task(get_model_info(m.name).task)
+    model, facts = _build_model(m, num_classes, input_shape)
+    macs = facts["macs"]
 
     # Speed: each setting resolved here and recorded in results.json.
     # auto: bf16 on GPUs with bf16 tensor cores (Ampere, compute capability 8.0, and later). Not
@@ -798,37 +878,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     step_cfg = engine.StepConfig(device, amp_dtype, t.grad_clip, t.label_smoothing, t.max_steps_per_epoch,
                                  t.max_eval_steps, t.log_every_steps, _value(t.on_nan), channels_last, world.active,
                                  cuda_graphs=t.compile and device.type == "cuda"
-                                 and _value(t.compile_mode) in CUDA_GRAPH_MODES)
+                                 and _value(t.compile_mode) in CUDA_GRAPH_MODES, task=task, num_classes=num_classes,
+                                 ignore_index=data.ignore_index, class_names=[c["name"] for c in data.classes])
 
-    results: Dict[str, Any] = {
-        "status": "running", "error": None, "run_dir": str(run.dir.resolve()),
-        "model": model_label(m), "dataset": _value(d.name), "optimizer": _value(o.name), "seed": cfg.seed,
-        "model_source": _model_source(cfg),  # an external network's import path and file hash, or library
-        "params": params, "trainable_params": trainable,  # for inference (no auxiliary heads)
-        "training_only_params": training_only,  # e.g. GoogLeNet's auxiliary classifiers
-        "macs": macs, "flops": 2 * macs,  # per image, forward pass; FLOPs = 2 x MACs
-        "activation_bytes": act_bytes, "param_bytes": param_bytes,
-        "peak_memory_bytes": None, "peak_memory_kind": None, "train_images_per_s": None,
-        "input_shape": list(input_shape), "num_classes": num_classes, "batch_size": d.batch_size,
-        "world_size": world.size, "global_batch_size": d.batch_size * world.size,  # batch_size is per process
-        "amp": amp, "channels_last": channels_last, "compile": t.compile,
-        "compile_mode": _value(t.compile_mode) if t.compile else None,
-        "cudnn_benchmark": torch.backends.cudnn.benchmark, "fused_optimizer": bool(optimizer.defaults.get("fused")),
-        "compile_s": None, "data_wait_s": None, "compute_s": None, "mfu": None,
-        "mfu_note": measure.mfu_note(device, amp),
-        "train_images": data.train_size, "train_images_used": used,  # the split; per epoch
-        "val_images": data.val_size, "data_source": data.source,
-        "classes": data.classes,  # [{index, name, train_images, val_images}]
-        "schedule_changes": [],  # resumes that changed trainer.epochs: the schedule recomputed (_extend_schedule)
-        "data_bytes": data.bytes,  # in-memory datasets: held on the device, so part of peak_memory_bytes
-        "epochs": 0, "top1_err": None, "top5_err": None, "loss": None,
-        "best_top1_err": None, "best_epoch": None, "wall_time_s": 0.0, "history": [],
-        "env": {**measure.environment(device), "others_start": others_start},
-        "data_workers": data.workers,  # DataLoader worker processes (image folders; null: none used)
-        "busy_note": None,  # set when other processes competed for the CPU (_busy_note)
-        "config": _config_dict(cfg),
-        "overrides": _job_overrides(),  # the command line's, in full (a sweep job's folder name may be cut)
-    }
+    results = _new_record(cfg, run, task, data, facts, input_shape, num_classes, optimizer, device, world, amp,
+                          channels_last, used, others_start)
     start_epoch, global_step, prior_wall, resumed_epoch = 0, 0, 0.0, None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["weights"])
@@ -851,7 +905,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                if used < data.train_used else f"batches are whole (dataset.batch_size={batch})")
         log.info(f"Training on {used:,} of the {data.train_size:,} training images each epoch: {why}, so "
                  f"{data.train_size - used:,} are left out, others each epoch (the order is shuffled).")
-    log.info(f"{model_label(m)}: {params:,} parameters, {gmacs(macs)} GMACs/image at {image_size} px; "
+    log.info(f"{model_label(m)}: {facts['params']:,} parameters, {gmacs(macs)} GMACs/image at {image_size} px; "
              f"{_value(d.name)} ({data.train_size:,} train / {data.val_size:,} val, {data.source}) "
              f"on {device}")
 
@@ -882,7 +936,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             "model": m.name, "weights": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "epoch": epochs_done, "epoch_state": epoch_state, "global_step": step, "rng": _rng_state(device),
-            "results": {k: results[k] for k in _RESUMED_KEYS}, "config": results["config"],
+            "results": {k: results[k] for k in _resumed_keys(task)}, "config": results["config"],
             "model_source": results["model_source"], "threads": torch.get_num_threads(),
             "folder_reader": FOLDER_READER})
         last_saved = f"{run.last} (epoch {epochs_done}, step {step})"
@@ -918,8 +972,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                 if stats["stopped"]:  # a signal, inside the epoch: save the position and go
                     save_last(epoch, global_step, stats["state"], seconds_before + time.perf_counter() - t_epoch)
                     raise RunInterrupted(stop.signum)
-                row = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_top1_err": stats["top1_err"],
-                       "val_loss": None, "val_top1_err": None, "val_top5_err": None,
+                row = {"epoch": epoch + 1, "train_loss": stats["loss"],
+                       f"train_{task.train_metric}": stats[task.train_metric],
+                       **{f"val_{k}": None for k in task.history_keys},
                        "lr": optimizer.param_groups[0]["lr"], "seconds": stats["seconds"],
                        "images_per_s": stats["images_per_s"], "skipped_steps": stats["skipped_steps"],
                        "data_wait_s": stats["data_wait_s"], "compute_s": stats["seconds"] - stats["data_wait_s"]}
@@ -929,14 +984,17 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                     # The plain module: evaluation needs no gradient averaging, and a compiled model
                     # would compile a second graph for evaluation mode.
                     val = engine.evaluate(model, val_loader, step_cfg)
-                    row.update(val_loss=val["loss"], val_top1_err=val["top1_err"], val_top5_err=val["top5_err"])
-                    results.update(loss=val["loss"], top1_err=val["top1_err"], top5_err=val["top5_err"],
+                    row.update({f"val_{k}": val[k] for k in task.history_keys})
+                    results.update({k: val[k] for k in task.record_keys},
                                    val_images=val["images"])  # fewer than the split with max_eval_steps
-                    tb.scalars({"val/loss": val["loss"], "val/top1_err": val["top1_err"],
-                                "val/top5_err": val["top5_err"]}, global_step)
-                    improved = results["best_top1_err"] is None or val["top1_err"] < results["best_top1_err"]
+                    tb.scalars({f"val/{k}": val[k] for k in task.history_keys}, global_step)
+                    if main:
+                        for tag, image in task.images(model, val_loader, step_cfg).items():
+                            tb.image(tag, image, global_step)
+                    best = f"best_{task.score}"
+                    improved = val[task.score] is not None and task.is_better(val[task.score], results[best])
                     if improved:
-                        results.update(best_top1_err=val["top1_err"], best_epoch=epoch + 1)
+                        results.update({best: val[task.score], "best_epoch": epoch + 1})
                 else:
                     improved = False
                 tb.scalars({"images_per_s": stats["images_per_s"]}, global_step)
@@ -956,12 +1014,12 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                 results["mfu"] = measure.mfu(macs, results["train_images_per_s"], device, amp, world.size)
                 results["peak_memory_bytes"], results["peak_memory_kind"] = measure.peak_memory(device)
                 results["wall_time_s"] = prior_wall + time.perf_counter() - t_start
-                log.info(_epoch_line(row, t.epochs, num_classes))
+                log.info(_epoch_line(row, t.epochs, num_classes, task))
                 if t.checkpoint:
                     save_last(epoch + 1, global_step)
                     if improved and main:
                         track.save_checkpoint(run.best, {"model": m.name, "weights": model.state_dict(),
-                                                         "epoch": epoch + 1, "top1_err": results["best_top1_err"],
+                                                         "epoch": epoch + 1, task.score: results[f"best_{task.score}"],
                                                          "config": results["config"]})
                 record()
                 if epoch + 1 < t.epochs and stop.requested(device):  # a signal during evaluation
@@ -1016,8 +1074,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
          "image_size": image_size, "augment": d.augment, "optimizer": _value(o.name), "lr": o.lr,
          "weight_decay": o.weight_decay, "scheduler": _value(s.name), "batch_size": d.batch_size,
          "epochs": t.epochs, "amp": amp, "label_smoothing": t.label_smoothing, "seed": cfg.seed},
-        {"top1_err": results["top1_err"], "top5_err": results["top5_err"], "params": params,
-         "gmacs": macs / 1e9, "peak_memory_mb": results["peak_memory_bytes"] / 2**20,
+        {**task.hparams_metrics(results), "params": facts["params"], "gmacs": macs / 1e9,
+         "peak_memory_mb": results["peak_memory_bytes"] / 2**20,
          "images_per_s": results["train_images_per_s"]})
     tb.close()
     return results
@@ -1048,13 +1106,11 @@ def _extend_schedule(checkpoint: dict, optimizer, scheduler, s, epochs: int, ste
                     f"{old_lr:.3g} to {new_lr:.3g}. results.json records it in schedule_changes.")
 
 
-def _epoch_line(row: dict, epochs: int, classes: int) -> str:
-    """One epoch's line of the log. Top-5 is top-k with k = min(5, classes) (engine.topk_errors), and says so."""
-    val = (f" | val loss {row['val_loss']:.4f} top-1 err {100 * row['val_top1_err']:.2f}% "
-           f"top-{min(5, classes)} err {100 * row['val_top5_err']:.2f}%") if row["val_loss"] is not None else ""
+def _epoch_line(row: dict, epochs: int, classes: int, task: Task = CLASSIFICATION) -> str:
+    """One epoch's line of the log, with the task's figures (task.train_text, task.epoch_text)."""
     rate = f"{row['images_per_s']:,.0f} img/s" if row["images_per_s"] else "—"
-    return (f"epoch {row['epoch']}/{epochs} | train loss {row['train_loss']:.4f} top-1 err "
-            f"{100 * row['train_top1_err']:.2f}%{val} | {rate} | {row['seconds']:.1f} s")
+    return (f"epoch {row['epoch']}/{epochs} | train loss {row['train_loss']:.4f} {task.train_text(row)}"
+            f"{task.epoch_text(row, classes)} | {rate} | {row['seconds']:.1f} s")
 
 
 class _StopRequest:
@@ -1216,7 +1272,9 @@ def profile(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     _use_cores(t, device)
     image_size = image_size_for(cfg)
     input_shape = (m.in_channels, image_size, image_size)
-    num_classes = m.num_classes or 1000  # imagefolder counts its folders; any count costs alike
+    info = get_model_info(m.name)
+    task = get_task(info.task)
+    num_classes = m.num_classes or info.default_classes  # imagefolder counts its folders; the paper's count
     options = model_options(m)
 
     def build():
@@ -1229,20 +1287,21 @@ def profile(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     train_macs = measure.count_train_macs(build, input_shape)
     log.info(f"Profiling {m.name} at {'x'.join(map(str, input_shape))} on {device}: {params:,} parameters, "
              f"{gmacs(macs)} GMACs/image")
-    rows = [measure.speed(model, input_shape, b, device, p.warmup, p.repeats, p.train_step) for b in p.batch_sizes]
+    rows = [measure.speed(model, input_shape, b, device, p.warmup, p.repeats, p.train_step, task.probe_loss)
+            for b in p.batch_sizes]
     peak, kind = measure.peak_memory(device)  # before find_max_batch's probes, which fill the device on purpose
     # CUDA: speed() starts the count afresh for each batch size, so the profile's peak is the largest of theirs
     peak = max([peak] + [row["peak_memory_bytes"] for row in rows if row["peak_memory_bytes"]])
     result = {
         "format": "cnnbench.profile", "format_version": 1, "model": model_label(m), "model_source": _model_source(cfg),
-        "input_shape": list(input_shape), "num_classes": num_classes, "device": str(device),
+        "task": task.name, "input_shape": list(input_shape), "num_classes": num_classes, "device": str(device),
         "params": params, "trainable_params": trainable, "training_only_params": training_only,
         "param_bytes": param_bytes,
         "macs": macs, "flops": 2 * macs,  # per image, forward, evaluation mode
         "train_macs": train_macs, "train_flops": 2 * train_macs,  # per image, forward + backward
         "activation_bytes": measure.activation_bytes(build, input_shape),  # per image, kept for backward
         "batches": rows,  # latency and throughput per batch size (medians; warm-up excluded)
-        "max_train_batch": (measure.max_train_batch(model, input_shape, device)
+        "max_train_batch": (measure.max_train_batch(model, input_shape, device, loss=task.probe_loss)
                             if p.find_max_batch and device.type == "cuda" else None),
         "layers": measure.layer_table(build, input_shape) if p.layers else None,
         "env": measure.environment(device),

@@ -201,6 +201,10 @@ class TensorBoard:
             if v is not None:
                 self.writer.add_scalar(tag, v, step)
 
+    def image(self, tag: str, image, step: int) -> None:
+        """One (3, H, W) image, floats in [0, 1] (a task's predictions beside the truth)."""
+        self.writer.add_image(tag, image, step)
+
     def filters(self, model, step: int) -> None:
         """The model's first convolution (the stem, which sees the image) as one grid of its filters,
         tag `filters/<module name>`: what the network looks for. Each filter is scaled to its own
@@ -254,6 +258,9 @@ class NoBoard:
     """What processes other than rank 0 log under torchrun: nothing (rank 0 writes the events)."""
 
     def scalars(self, values: Dict[str, float], step: int) -> None:
+        pass
+
+    def image(self, tag: str, image, step: int) -> None:
         pass
 
     def filters(self, model, step: int) -> None:

@@ -160,7 +160,9 @@ def test_divergence_stops_with_the_step_and_the_last_good_checkpoint(tmp_path):
 
 def test_skip_step_leaves_non_finite_updates_out(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNBENCH_DATA", str(tmp_path / "data"))
-    real = engine.classification_loss
+    from cnnbench.tasks import classification
+
+    real = classification.classification_loss
     calls = []
 
     def nan_on_second_step(*a, **k):
@@ -168,7 +170,7 @@ def test_skip_step_leaves_non_finite_updates_out(tmp_path, monkeypatch):
         loss = real(*a, **k)
         return loss * float("nan") if len(calls) == 2 else loss
 
-    monkeypatch.setattr(engine, "classification_loss", nan_on_second_step)
+    monkeypatch.setattr(classification, "classification_loss", nan_on_second_step)  # the task's loss
     results = run.train(compose_cfg(*TINY, "trainer.on_nan=skip_step"), tmp_path / "run")
     assert results["status"] == "completed" and results["skipped_steps"] == 1
     assert results["history"][0]["skipped_steps"] == 1 and results["top1_err"] is not None

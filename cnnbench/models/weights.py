@@ -73,6 +73,9 @@ def load_weights(model: nn.Module, path: str, heads: List[str]) -> List[str]:
     number of classes) keep their fresh initialisation; any other difference is an error listing
     the keys. Returns the names of the tensors left re-initialised."""
     state = read_state_dict(path)
+    adapt = getattr(model, "adapt_state_dict", None)  # e.g. FCN: an ImageNet VGG-16's fc layers as convolutions
+    if adapt is not None:
+        state = adapt(state)
     own = model.state_dict()
     in_head = tuple(f"{h}." for h in heads)
     missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
