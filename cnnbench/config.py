@@ -101,6 +101,7 @@ class ModelConf:
     separable: Optional[bool] = None  # MobileNet v1: depthwise-separable blocks (false: full 3x3 convs)
     aux_logits: Optional[bool] = None  # GoogLeNet: the two auxiliary classifiers (training only)
     conv_impl: Optional[str] = None  # LeNet-5: torch (cuDNN/oneDNN) | im2col (the textbook reference)
+    padding: Optional[str] = None  # U-Net: valid (unpadded 3x3 convs, as in the paper) | same (output at input size)
     # Networks from outside the zoo (cnnbench/models/external.py)
     target: Optional[str] = None  # model=custom: MODULE.NAME of an nn.Module class or a function returning one
     arch: Optional[str] = None  # model=torchvision | timm: the library's name for the network (convnext_tiny)

@@ -103,6 +103,10 @@ def test_every_family_trains_at_three_times_its_forward(name):
     shape = (info.default_input[0], info.min_input(), info.min_input())
     with torch.device("meta"):
         model = nn.Sequential(Scale(), create_model(name))  # every layer needs its input's gradient
+    fixed = [(m, n) for m in model.modules() for n, b in m.named_buffers(recurse=False) if b.dim() == 4]
+    for module, buffer in fixed:  # FCN's up-sampling fixed to bilinear: a weight, but no gradient to compute
+        weight = module._buffers.pop(buffer)
+        setattr(module, buffer, nn.Parameter(weight))  # trainable here, so backward = 2 x forward holds
     # backward = 2 x forward exactly, so only convolutions and matrix products are counted, all right
     assert measure.count_train_macs(lambda: model, shape) == 3 * _train_mode_forward_macs(model, shape)
 

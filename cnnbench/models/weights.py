@@ -55,9 +55,12 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
 def final_layers(build: Callable[[], nn.Module], input_shape: Tuple[int, int, int]) -> List[str]:
     """Names of the layers that produce class scores: the last layer with parameters to run in
     the forward pass, plus the heads a model uses only in training (GoogLeNet's auxiliaries).
-    Found by running the model on the meta device (shapes only), so no family has to say."""
+    Found by running the model on the meta device (shapes only), so no family has to say, except
+    one with several (FCN's score layers at three strides: its head_layers)."""
     with torch.device("meta"):
         model = build().eval()
+    if getattr(model, "head_layers", None):
+        return [*model.head_layers, *getattr(model, "training_only", ())]
     order: List[str] = []
     hooks = [m.register_forward_hook(lambda mod, i, o, name=name: order.append(name))
              for name, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None]
