@@ -5,12 +5,15 @@ per-sample Python, no PIL, no worker processes in the training loop (the airbenc
 """
 
 import math
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-Batch = Tuple[torch.Tensor, torch.Tensor]  # (B, C, H, W) float32 normalised, (B,) int64
+from cnnbench.errors import CnnbenchError
+
+Batch = Tuple[torch.Tensor, torch.Tensor]  # (B, C, H, W) float32 normalised, (B,) int64 | (B, H, W) int64
+IGNORE = 255  # segmentation masks: the value no loss or metric counts (PASCAL VOC's "void")
 
 # Resizing the whole set up front is fastest; past this many bytes (e.g. CIFAR-10 at 224 px is
 # 7.5 GB) each batch is resized as it is cut instead.
@@ -25,6 +28,16 @@ def resize_uint8(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Te
         x = F.interpolate(images[i:i + chunk].float(), size=(size, size), mode="bilinear",
                           antialias=True, align_corners=False)
         out[i:i + chunk] = x.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def resize_masks(masks: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """(N, H, W) uint8 class indices -> (N, size, size), nearest neighbour (no new values: an average of
+    two classes is no class). "nearest-exact" samples each output pixel's centre, as PIL's NEAREST does;
+    "nearest" would shift the mask up and left by up to a pixel."""
+    out = torch.empty((masks.shape[0], size, size), dtype=torch.uint8, device=masks.device)
+    for i in range(0, masks.shape[0], chunk):
+        out[i:i + chunk] = F.interpolate(masks[i:i + chunk, None], size=(size, size), mode="nearest-exact")[:, 0]
     return out
 
 
@@ -52,21 +65,28 @@ def crop_flip_draws(b: int, pad: int, gen: torch.Generator, device: torch.device
     return dy, dx, flip
 
 
-def random_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator, draws=None) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, pad: int, gen: Optional[torch.Generator], draws=None,
+                     fill: int = 0) -> torch.Tensor:
     """Random crop with zero padding + horizontal flip, a different draw per image (He et al.
     2015, section 4.2). x: (B, C, H, W) uint8 on any device; draws: crop_flip_draws' output for
-    these B images (drawn here when not given).
+    these B images (drawn here when not given); fill: the padding's value (a mask's: IGNORE).
 
     One gather over the padded images, the flip folded into the column index: 4x faster on the
     CPU than indexing with four broadcast index tensors (0.8 against 3.3 ms for 128 CIFAR images)."""
     b, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H + 2p, W + 2p)
+    padded = F.pad(x, (pad, pad, pad, pad), value=fill)  # (B, C, H + 2p, W + 2p)
     dy, dx, flip = draws if draws is not None else crop_flip_draws(b, pad, gen, x.device)
     cols = torch.arange(w, device=x.device).expand(b, w)  # (B, W)
     cols = torch.where(flip[:, None], w - 1 - cols, cols) + dx[:, None]  # a flipped image reads right to left
     rows = dy[:, None] + torch.arange(h, device=x.device)  # (B, H)
     index = (rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
     return padded.reshape(b, c, -1).gather(2, index).view(b, c, h, w)
+
+
+def _take(t: torch.Tensor, idx: Union[slice, torch.Tensor]) -> torch.Tensor:
+    # index_select, not t[idx]: the same gather, 5x faster on the CPU (28 against 150 us for 128
+    # Fashion-MNIST images); a slice stays a view
+    return t[idx] if isinstance(idx, slice) else t.index_select(0, idx)
 
 
 class InMemoryLoader:
@@ -87,6 +107,7 @@ class InMemoryLoader:
         self.images, self.labels = images, labels  # (N, C, H, W) uint8, (N,) int64
         self.batch_size, self.train, self.augment, self.seed = batch_size, train, augment, seed
         self.resize_to = image_size if image_size and image_size != images.shape[-1] else None
+        self.pad = 4  # random crop's padding, px (He et al. 2015: 4 px on 32 px CIFAR images)
         self.normalize = Normalize(mean, std, images.device)
         self.epoch = self.start = 0
         # Data-parallel: every process draws the same order; a step's global batch is world x
@@ -111,12 +132,16 @@ class InMemoryLoader:
         return len(self) * self.batch_size * self.world if self.train else self.images.shape[0]
 
     def __iter__(self) -> Iterator[Batch]:
+        for idx, draws in self._plan():
+            yield self._batch(idx, draws)
+
+    def _plan(self):
+        """(this process's indices, its crop-and-flip draws or None) for each batch of the pass."""
         device = self.images.device
         if not self.train:
             for i in range(len(self)):
                 sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-                idx = self.val_index[sl] if self.val_index is not None else sl
-                yield self._finish(self.images[idx]), self.labels[idx]
+                yield (self.val_index[sl] if self.val_index is not None else sl), None
             return
         gen = torch.Generator(device=device)
         gen.manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -125,18 +150,72 @@ class InMemoryLoader:
         mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         if self.augment:  # the draws the skipped batches would have made
             for _ in range(self.start):
-                crop_flip_draws(step, 4, gen, device)
+                crop_flip_draws(step, self.pad, gen, device)
         for i in range(self.start, len(self)):
             idx = order[i * step:(i + 1) * step][mine]
-            # index_select, not images[idx]: the same gather, 5x faster on the CPU (28 against 150 us
-            # for 128 Fashion-MNIST images)
-            x = self.images.index_select(0, idx)
-            if self.resize_to:
-                x = resize_uint8(x, self.resize_to)
-            if self.augment:
-                draws = [d[mine] for d in crop_flip_draws(step, 4, gen, device)]
-                x = random_crop_flip(x, pad=4, gen=gen, draws=draws)
-            yield self.normalize(x), self.labels.index_select(0, idx)
+            draws = [d[mine] for d in crop_flip_draws(step, self.pad, gen, device)] if self.augment else None
+            yield idx, draws
 
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
-        return self.normalize(resize_uint8(x, self.resize_to) if self.resize_to else x)
+    def _batch(self, idx, draws) -> Batch:
+        x = _take(self.images, idx)
+        if self.resize_to:
+            x = resize_uint8(x, self.resize_to)
+        if draws is not None:
+            x = random_crop_flip(x, self.pad, None, draws)
+        return self.normalize(x), _take(self.labels, idx)
+
+
+class SegmentationLoader(InMemoryLoader):
+    """Iterates (images, masks) batches: x (B, C, H, W) float32 normalised, y (B, H, W) int64, one class
+    per pixel, IGNORE (255) where no loss or metric counts. The same order, resume and data-parallel
+    share as InMemoryLoader; an image and its mask are cropped and flipped by the same draw, with
+    padding of size // 8 px (4 px at 32 px, as in He et al. 2015) that is 0 in the image and IGNORE in
+    the mask: padding is not background."""
+
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, batch_size: int, mean, std,
+                 train: bool, augment: bool = False, seed: int = 0, image_size: Optional[int] = None,
+                 rank: int = 0, world: int = 1):
+        super().__init__(images, masks, batch_size, mean, std, train, augment, seed, image_size, rank, world)
+        self.masks = masks  # (N, H, W) uint8 (self.labels is the same tensor)
+        self.pad = (self.resize_to or images.shape[-1]) // 8
+
+    def _batch(self, idx, draws) -> Batch:
+        x, m = _take(self.images, idx), _take(self.masks, idx)  # (B, C, H, W), (B, H, W) uint8
+        if self.resize_to:
+            x, m = resize_uint8(x, self.resize_to), resize_masks(m, self.resize_to)
+        if draws is not None:
+            x = random_crop_flip(x, self.pad, None, draws)
+            m = random_crop_flip(m[:, None], self.pad, None, draws, fill=IGNORE)[:, 0]
+        return self.normalize(x), m.long()
+
+    def preview(self, n: int = 8) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The first n images of the split, whatever the rank, as the model sees them but not
+        normalised: (n, C, H, W) uint8 and their masks (n, H, W) int64. For TensorBoard."""
+        x, m = self.images[:n], self.masks[:n]
+        if self.resize_to:
+            x, m = resize_uint8(x, self.resize_to), resize_masks(m, self.resize_to)
+        return x, m.long()
+
+
+def segmentation_loaders(x_tr: torch.Tensor, m_tr: torch.Tensor, x_va: torch.Tensor, m_va: torch.Tensor,
+                         conf, device: torch.device, seed: int, image_size: int, rank: int = 0,
+                         world: int = 1) -> Tuple[SegmentationLoader, SegmentationLoader]:
+    """Training and validation SegmentationLoaders over uint8 images (N, C, H, W) and masks (N, H, W)
+    on the CPU: resized to image_size once, up front, when the result fits PRERESIZE_LIMIT_BYTES
+    (else each batch as it is cut), then moved to the device. conf: a DatasetConf (batch_size,
+    mean, std, augment, name)."""
+    per_image = (x_tr.shape[1] + 1) * image_size * image_size  # the image's channels and the mask
+    if x_tr.shape[-1] != image_size and (len(x_tr) + len(x_va)) * per_image <= PRERESIZE_LIMIT_BYTES:
+        x_tr, x_va = resize_uint8(x_tr, image_size), resize_uint8(x_va, image_size)
+        m_tr, m_va = resize_masks(m_tr, image_size), resize_masks(m_va, image_size)
+    x_tr, m_tr, x_va, m_va = (t.to(device) for t in (x_tr, m_tr, x_va, m_va))
+    common = dict(batch_size=conf.batch_size, mean=conf.mean, std=conf.std, seed=seed,
+                  image_size=image_size, rank=rank, world=world)
+    train = SegmentationLoader(x_tr, m_tr, train=True, augment=conf.augment, **common)
+    val = SegmentationLoader(x_va, m_va, train=False, **common)
+    if len(train) == 0:
+        each = f" on each of {world} processes" if world > 1 else ""
+        name = getattr(conf.name, "value", conf.name)
+        raise CnnbenchError(f"The training split of dataset={name} has {len(x_tr)} images, fewer than one batch "
+                            f"of dataset.batch_size={conf.batch_size}{each}. Lower the batch size or use more data.")
+    return train, val
