@@ -1293,8 +1293,9 @@ def compare_cli(args: list[str]) -> int:
                    help="keep runs whose KEY (a column, or a dotted key of results.json or of its config) "
                    "matches the shell-style PATTERN, "
                    "e.g. 'model=resnet*'; repeatable: all keys must match, a key given twice matches either")
-    p.add_argument("--sort", default="top1_err", metavar="COLUMN",
-                   help="order rows by this column or key, rows without a value last (default: top1_err)")
+    p.add_argument("--sort", default=None, metavar="COLUMN",
+                   help="order every table's rows by this column or key, rows without a value last (default: "
+                   "each task's score, best first: top1_err ascending, miou descending)")
     p.add_argument("--desc", action="store_true", help="sort in descending order (largest first)")
     p.add_argument("--no-group", action="store_true",
                    help="one row per run: do not average runs that differ only in seed")

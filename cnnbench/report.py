@@ -1,13 +1,17 @@
-"""Comparison tables and the report: every results.json below some folders, as one terminal table,
-a CSV, a Markdown table, and a report (Markdown and self-contained HTML) with plots.
+"""Comparison tables and the report: every results.json below some folders, as terminal tables,
+a CSV, Markdown tables, and a report (Markdown and self-contained HTML) with plots; one table and
+one set of plots per task (classification, segmentation), each from what its Task declares.
 
     cnnbench compare                      # every run below outputs/
     cnnbench compare outputs/2024-05-01 multirun/ --out reports/
     cnnbench compare outputs/sweeps/x --filter 'model=resnet*' --columns run,top1_err,params --sort params
 
 `load_rows` turns the files into rows of raw numbers; `filter_rows`, `group_rows` (seeds averaged,
-the latest run of each seed) and `sort_rows` select and order them; the `to_*` and `*_figure`
-functions only present them, and `fit_table` fits a table to the terminal without cutting a cell.
+the latest run of each seed), `by_task` and `sort_rows` select and order them; the `to_*` and
+`*_figure` functions only present them, and `fit_table` fits a table to the terminal without
+cutting a cell. What a task's table and plots show (its figures' columns, its score and which way
+is better, its curves) comes from cnnbench.tasks.Task; that module imports torch, so it is imported
+where a task is needed, not here.
 """
 
 import base64
@@ -25,7 +29,7 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rich.cells import cell_len
 from rich.console import Console
@@ -36,21 +40,26 @@ from cnnbench.errors import CnnbenchError
 from cnnbench.track import (RESULTS_FORMAT, RESULTS_FORMAT_VERSION, atomic_write_bytes, atomic_write_text,
                             bookkeeping_keys, with_added_settings)
 
+if TYPE_CHECKING:  # importing cnnbench.tasks imports torch: only where a task is needed
+    from cnnbench.tasks import Task
+
 DEFAULT_PATHS = ["outputs"]  # where Hydra puts runs unless told otherwise
 
 # CSV columns, in order: raw values from results.json (units as written there: counts, MACs per
-# image, bytes, images/s, errors as fractions 0-1), plus `run`, `gmacs` and `path`.
+# image, bytes, images/s, errors, IoU and accuracies as fractions 0-1), plus `run`, `gmacs` and
+# `path`; every task's figures, empty where a run's task has none.
 CSV_COLUMNS = (
-    "run", "model", "dataset", "optimizer", "seed", "status", "epochs",
+    "run", "task", "model", "dataset", "optimizer", "seed", "status", "epochs",
     "params", "trainable_params", "macs", "gmacs", "flops",
     "activation_bytes", "param_bytes", "peak_memory_bytes", "peak_memory_kind",
-    "train_images_per_s", "top1_err", "top5_err", "loss", "best_top1_err", "best_epoch",
-    "wall_time_s", "error", "path",
+    "train_images_per_s", "top1_err", "top5_err", "miou", "pixel_acc", "mean_class_acc", "loss",
+    "best_top1_err", "best_miou", "best_epoch", "wall_time_s", "error", "path",
 )
 
 # Columns that vary from seed to seed: a group of seeds always shows them as mean ± std.
-MEASURED = ("peak_memory_bytes", "train_images_per_s", "top1_err", "top5_err", "loss",
-            "best_top1_err", "best_epoch", "wall_time_s")
+MEASURED = ("peak_memory_bytes", "train_images_per_s", "top1_err", "top5_err", "miou", "pixel_acc",
+            "mean_class_acc", "loss", "best_top1_err", "best_miou", "best_epoch", "wall_time_s")
+DEFAULT_TASK = "classification"  # the task of a results.json without a "task" key (written before tasks)
 
 MISSING = object()  # a dotted config key that a run's config does not have
 
@@ -133,18 +142,24 @@ def load_rows(paths: list[str]) -> list[dict[str, Any]]:
     Unusable files are skipped with a warning on stderr. Raises CnnbenchError when a path does
     not exist or nothing usable is found.
     """
+    from cnnbench.tasks import TASK_NAMES
+
     files = find_results(paths)
     first = Path(paths[0]).resolve()
     base = first if first.is_dir() else first.parent
     rows, skipped = [], 0
     for f in files:
         data, why = _read_result(f)
+        if data is not None and data.get("task", DEFAULT_TASK) not in TASK_NAMES:
+            data, why = None, (f"task {data.get('task')!r} is not one this cnnbench compares "
+                               f"({', '.join(TASK_NAMES)}); upgrade cnnbench to compare it")
         if data is None:
             print(f"warning: skipping {f}: {why}", file=sys.stderr)
             skipped += 1
             continue
         row = {k: data.get(k) for k in CSV_COLUMNS}
         row["run"] = _run_name(f, base)
+        row["task"] = data.get("task", DEFAULT_TASK)
         row["gmacs"] = row["macs"] / 1e9 if _is_number(row["macs"]) else None
         row["path"] = str(f)
         row["config"] = data.get("config") if isinstance(data.get("config"), dict) else {}
@@ -350,9 +365,42 @@ def group_rows(rows: list[dict[str, Any]], seeds: bool = True) -> list[dict[str,
     return [_merge(runs) for runs in groups.values()]
 
 
-def sort_rows(rows: list[dict[str, Any]], by: str = "top1_err", descending: bool = False) -> list[dict[str, Any]]:
+def by_task(rows: list[dict[str, Any]]) -> list[tuple["Task", list[dict[str, Any]]]]:
+    """[(task, its rows, in their order)] for each task the rows have, in cnnbench.tasks.TASK_NAMES
+    order (classification first): each task has a table and plots of its own."""
+    from cnnbench.tasks import TASK_NAMES, get_task
+
+    def task_name(r):
+        return r.get("task") or DEFAULT_TASK
+    return [(get_task(name), [r for r in rows if task_name(r) == name]) for name in TASK_NAMES
+            if any(task_name(r) == name for r in rows)]
+
+
+def _tasks(rows: list[dict[str, Any]]) -> list["Task"]:
+    """The rows' tasks (by_task's order); classification for no rows."""
+    return [task for task, _ in by_task(rows)] or [_task_of([])]
+
+
+def _task_of(rows: list[dict[str, Any]]) -> "Task":
+    """The task of rows of one task (a plot is of one task's rows); classification for no rows."""
+    from cnnbench.tasks import get_task
+
+    tasks = by_task(rows)
+    if len(tasks) > 1:
+        raise ValueError(f"rows of {len(tasks)} tasks ({', '.join(t.name for t, _ in tasks)}): "
+                         f"give one task's rows (report.by_task splits them)")
+    return tasks[0][0] if tasks else get_task(DEFAULT_TASK)
+
+
+def sort_rows(rows: list[dict[str, Any]], by: str | None = None, descending: bool = False) -> list[dict[str, Any]]:
     """Ordered by a column or config key (numbers before text); rows without a value last;
-    ties by run name. The default: best top-1 error first."""
+    ties by run name. by None (the default): each task's rows together (by_task), each by the
+    task's score, best first (top-1 error ascending, mIoU descending), or with descending, the
+    largest first."""
+    if by is None:
+        return [r for task, group in by_task(rows)
+                for r in sort_rows(group, task.score, descending or task.higher_is_better)]
+
     def value_key(r):
         v = value_of(r, by)
         return (0, v, "") if _is_number(v) else (1, 0, raw_text(v))
@@ -417,11 +465,13 @@ def _text(key: str, fold: bool = False) -> Column:
 
 
 # Every column by name (the names --columns, --filter and --sort take); units in the headers:
-# percent for errors (fractions in results.json), MB = 2^20 bytes, GMACs = 10^9 MACs per image.
+# percent for errors, IoU and accuracies (fractions in results.json), MB = 2^20 bytes, GMACs =
+# 10^9 MACs per image.
 COLUMNS: dict[str, Column] = {
     "run": _text("run", fold=True),
     "model": _text("model"),
     "dataset": _text("dataset"),
+    "task": _text("task"),  # classification, segmentation
     "optimizer": _text("optimizer"),
     "seed": Column("seed", lambda r: _fmt(r["seed"], ""), True),
     "n_seeds": Column("n seeds", lambda r: _fmt(r.get("n_seeds", 1), ""), True),
@@ -439,8 +489,12 @@ COLUMNS: dict[str, Column] = {
     "train_images_per_s": Column("img/s", _number("train_images_per_s", ",.0f"), True),  # training
     "top1_err": Column("top-1 err %", _number("top1_err", ".2f", 100), True),  # last epoch
     "top5_err": Column("top-5 err %", _number("top5_err", ".2f", 100), True),  # top-k, k = min(5, classes)
+    "miou": Column("mIoU %", _number("miou", ".2f", 100), True),  # last epoch; mean IoU over the classes present
+    "pixel_acc": Column("pixel acc %", _number("pixel_acc", ".2f", 100), True),
+    "mean_class_acc": Column("class acc %", _number("mean_class_acc", ".2f", 100), True),  # mean over classes
     "loss": Column("loss", _number("loss", ".4f"), True),  # validation, last epoch
     "best_top1_err": Column("best top-1 err %", _number("best_top1_err", ".2f", 100), True),
+    "best_miou": Column("best mIoU %", _number("best_miou", ".2f", 100), True),
     "best_epoch": Column("best epoch", _number("best_epoch", ".3g"), True),
     "wall_time_s": Column("wall s", _number("wall_time_s", ",.1f"), True),
     "error": _text("error", fold=True),
@@ -470,9 +524,10 @@ RECORD_COLUMNS: dict[str, Column] = {
     "train_images_used": Column("train images used", _recorded("train_images_used", lambda v: _fmt(v, ",")), True),
 }
 
+# The compare table's columns; each task's figures (Task.columns: top1_err, top5_err; miou,
+# pixel_acc, mean_class_acc) go before epochs.
 DEFAULT_COLUMNS = ("run", "model", "dataset", "optimizer", "seed", "n_seeds", "params", "gmacs",
-                   "activation_bytes", "peak_memory_bytes", "train_images_per_s", "top1_err",
-                   "top5_err", "epochs", "status")
+                   "activation_bytes", "peak_memory_bytes", "train_images_per_s", "epochs", "status")
 # Shown after n_seeds where they differ between the rows: a figure measured on another device,
 # with other threads or at another input size is not the same measurement. In the terminal, where
 # they are the same for all rows, they are named on the line above the table.
@@ -480,12 +535,14 @@ SETUP_COLUMNS = ("input_shape", "env.device_name", "env.threads")
 
 
 def default_columns(rows: list[dict[str, Any]], setup: tuple[str, ...] | None = None) -> list[str]:
-    """DEFAULT_COLUMNS with, after n_seeds, those of SETUP_COLUMNS whose value differs between the
-    rows (or the setup columns given)."""
+    """DEFAULT_COLUMNS with the figures of the rows' task (Task.columns; of each of their tasks, for
+    rows of several) before epochs, and after n_seeds those of SETUP_COLUMNS whose value differs
+    between the rows (or the setup columns given)."""
     if setup is None:
         setup = tuple(k for k in SETUP_COLUMNS if len({raw_text(value_of(r, k)) for r in rows}) > 1)
-    at = DEFAULT_COLUMNS.index("n_seeds") + 1
-    return [*DEFAULT_COLUMNS[:at], *setup, *DEFAULT_COLUMNS[at:]]
+    figures = [k for task in _tasks(rows) for k in task.columns]
+    at, before = DEFAULT_COLUMNS.index("n_seeds") + 1, DEFAULT_COLUMNS.index("epochs")
+    return [*DEFAULT_COLUMNS[:at], *setup, *DEFAULT_COLUMNS[at:before], *figures, *DEFAULT_COLUMNS[before:]]
 
 
 def _top_k(r: dict[str, Any]) -> int:
@@ -534,9 +591,16 @@ def resolve_columns(names: list[str] | None, rows: list[dict[str, Any]]) -> list
     return [column(name, rows) for name in names]
 
 
-CAPTION = ("errors on the validation set after the last epoch; GMACs per image, forward; "
-           "MB = 2^20 bytes; RSS = process peak memory (CPU runs); a ± b: mean ± sample "
-           "standard deviation over n seeds")
+CAPTION = ("GMACs per image, forward; MB = 2^20 bytes; RSS = process peak memory (CPU runs); a ± b: mean ± "
+           "sample standard deviation over n seeds")
+
+
+def caption(rows: list[dict[str, Any]]) -> str:
+    """A table's caption: what its figures are ("errors"; "mIoU, pixel acc, class acc") and the units."""
+    figures = ["errors" if all(k.endswith("_err") for k in task.columns)
+               else ", ".join(COLUMNS[k].header.removesuffix(" %") for k in task.columns) for task in _tasks(rows)]
+    return f"{'; '.join(figures)} on the validation set after the last epoch; {CAPTION}"
+
 
 _STATUS_STYLE = {"failed": "red", "interrupted": "yellow", "running": "dim"}
 
@@ -578,15 +642,22 @@ FOLD_WIDTH = 16  # characters: a run name folds down to this before columns are 
 # space either side and the rule after it.
 EDGE, PER_COLUMN = 1, 3
 
-# The compare table's default columns, the first to be left out first; run and top-1 error never
-# are. Memory first, then the top-k error and the settings, last what a comparison is for: the
-# model and its cost (parameters, GMACs, training images/s).
-DROP_ORDER = ("activation_bytes", "peak_memory_bytes", "top5_err", "epochs", "n_seeds", "seed",
+# The compare table's default columns, the first to be left out first; run and the task's score
+# (top-1 error, mIoU) never are. Memory first, then the task's other figures (top-5 error; pixel
+# and class accuracy: _drop_order puts them here) and the settings, last what a comparison is for:
+# the model and its cost (parameters, GMACs, training images/s).
+DROP_ORDER = ("activation_bytes", "peak_memory_bytes", "epochs", "n_seeds", "seed",
               "input_shape", "optimizer", "dataset", "env.threads", "env.device_name",
               "train_images_per_s", "status", "gmacs", "params", "model")
 # What a run was and how it ended, as opposed to what it measured: with the same value in every
 # row, the terminal names it on a line above the table instead of repeating it in a column.
 CONTEXT = ("model", "dataset", "optimizer", "seed", "n_seeds", "epochs", "status", *SETUP_COLUMNS)
+
+
+def _drop_order(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """DROP_ORDER with the figures of the rows' tasks other than their score after the memory columns."""
+    figures = tuple(k for task in _tasks(rows) for k in task.columns if k != task.score)
+    return (*DROP_ORDER[:2], *figures, *DROP_ORDER[2:])
 
 
 def _least_width(c: Column, texts: list[str]) -> int:
@@ -657,23 +728,26 @@ def _left_out_note(left_out: list[Column], width: int, hint: str) -> str:
 
 
 def to_table(rows: list[dict[str, Any]], columns: list[Column] | None = None, width: int | None = None,
-             drop_order: tuple[str, ...] = ()) -> tuple[Table, list[Column]]:
+             drop_order: tuple[str, ...] = (), task: str = "") -> tuple[Table, list[Column]]:
     """The comparison as a rich Table at most `width` characters wide (see fit_table), and the
-    columns left out to fit."""
+    columns left out to fit. task: a task's name for the title ("5 segmentation run(s)"), where
+    several tasks are compared."""
     columns = columns or resolve_columns(None, rows)
     note = repeats_note(rows)
+    runs = f"{task} run(s)" if task else "run(s)"
     return fit_table(columns, rows, width, drop_order,
-                     title=f"cnnbench compare: {_n_runs(rows)} run(s){_grouping(rows)}",
-                     caption=Text(CAPTION + (f"\n{note}." if note else "")))  # Text: run names are not markup
+                     title=f"cnnbench compare: {_n_runs(rows)} {runs}{_grouping(rows)}",
+                     caption=Text(caption(rows) + (f"\n{note}." if note else "")))  # Text: run names are not markup
 
 
-def show_comparison(rows: list[dict[str, Any]], names: list[str] | None = None, console: Console | None = None) -> None:
+def show_comparison(rows: list[dict[str, Any]], names: list[str] | None = None, console: Console | None = None,
+                    task: str = "") -> None:
     """The comparison in the terminal. By default (names None) the default columns and
     SETUP_COLUMNS: those of CONTEXT whose value is the same in every row are named on a line above
     the table ("all runs: dataset=cifar10, optimizer=sgd, ..."), and columns that still do not fit
-    the screen are left out in DROP_ORDER, with a note below naming them. With names (--columns),
-    exactly those columns, wrapped to fit, or wider than the screen if they must be. To a pipe or a
-    file, at full width: there is no screen to fit."""
+    the screen are left out in DROP_ORDER (_drop_order), with a note below naming them. With names
+    (--columns), exactly those columns, wrapped to fit, or wider than the screen if they must be. To
+    a pipe or a file, at full width: there is no screen to fit. task: named in the title (to_table)."""
     console = console or Console()
     width = console.width if console.is_terminal else None
     if names is None:
@@ -686,7 +760,7 @@ def show_comparison(rows: list[dict[str, Any]], names: list[str] | None = None, 
             console.print(Text("all runs: " + ", ".join(shown)))
     else:
         columns = [column(n, rows) for n in names]
-    table, left_out = to_table(rows, columns, width, DROP_ORDER if names is None else ())
+    table, left_out = to_table(rows, columns, width, _drop_order(rows) if names is None else (), task)
     print_whole(table, console)
     if left_out:
         console.print(Text(_left_out_note(left_out, width, "--columns brings them back: " +
@@ -704,7 +778,7 @@ def to_markdown(rows: list[dict[str, Any]], columns: list[Column] | None = None)
              "|" + "|".join("---:" if c.right else "---" for c in columns) + "|"]
     lines += [_md_line([c.cell(r) for c in columns]) for r in rows]
     note = repeats_note(rows)
-    return "\n".join(lines) + f"\n\n{CAPTION}.\n" + (f"\n{note}.\n" if note else "")
+    return "\n".join(lines) + f"\n\n{caption(rows)}.\n" + (f"\n{note}.\n" if note else "")
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -799,11 +873,38 @@ def plot_labels(rows: list[dict[str, Any]]) -> list[str]:
     return labels
 
 
-def _scatter(ax, points, x_key: str, sizes: list[float], labels: list[str]) -> None:
-    """Markers (gid "runs", one per row), ± std bars for groups of seeds, and each row's label
-    (plot_labels) beside its marker, on the side towards the middle of the axes."""
+def _bare(label: str) -> str:
+    """An axis label as the name of its figure: "top-1 error %" -> "top-1 error"."""
+    return label.removesuffix(" %")
+
+
+def _capital(text: str) -> str:
+    """text to start a title: "top-1 error" -> "Top-1 error"; a first word with capitals of its own
+    stays as it is ("mIoU")."""
+    first = text.split(" ", 1)[0]
+    return text[:1].upper() + text[1:] if first == first.lower() else text
+
+
+def _names(task: "Task") -> dict[str, str]:
+    """What the titles and file names of a task's plots say: {stem} and {curves_file} (its file
+    names), {score} (its results.json key), {Score} ("Top-1 error", "mIoU") and {curves}, the two
+    panels of its per-epoch plot: one figure on both sets is named by its kind ("Training and
+    validation error"), two by their names ("Training pixel accuracy and validation mIoU")."""
+    (_, train), (_, val) = task.curves
+    train, val = _bare(train), _bare(val)
+    curves = (f"Training and validation {train.split()[-1]}" if train == val else
+              f"Training {train} and validation {val}")
+    return {"stem": task.plot_stem, "curves_file": task.curves_file, "score": task.score,
+            "Score": _capital(_bare(task.score_label)), "curves": curves}
+
+
+def _scatter(ax, points, x_key: str, sizes: list[float], labels: list[str], task: "Task") -> None:
+    """Markers (gid "runs", one per row) at the task's score (percent), ± std bars for groups of
+    seeds, and each row's label (plot_labels) beside its marker, on the side towards the middle of
+    the axes."""
+    y_key = task.score
     xs = [r[x_key] for _, r in points]
-    ys = [100 * r["top1_err"] for _, r in points]
+    ys = [100 * r[y_key] for _, r in points]
     ax.scatter(xs, ys, s=sizes, c=[_colour(i) for i, _ in points], alpha=0.55, edgecolors="black",
                linewidths=0.6, gid="runs", zorder=3)
     _log_x_if_wide(ax, xs)
@@ -812,15 +913,15 @@ def _scatter(ax, points, x_key: str, sizes: list[float], labels: list[str]) -> N
     to_axes = ax.transData + ax.transAxes.inverted()  # data -> fraction of the axes
     for (i, r), x, y, area in zip(points, xs, ys, sizes):
         std = r.get("std", {})
-        if "top1_err" in std or x_key in std:
-            ax.errorbar(x, y, yerr=100 * std.get("top1_err", 0.0), xerr=std.get(x_key, 0.0),
+        if y_key in std or x_key in std:
+            ax.errorbar(x, y, yerr=100 * std.get(y_key, 0.0), xerr=std.get(x_key, 0.0),
                         fmt="none", ecolor=_colour(i), capsize=3, zorder=2)
         off = 0.7 * math.sqrt(area) / 2 + 3  # points: beside the bubble's edge, not on it
         left = to_axes.transform((x, y))[0] > 0.6  # right of the middle: the label goes left, inside the axes
         ax.annotate(labels[i], (x, y), xytext=(-off if left else off, off), textcoords="offset points",
                     ha="right" if left else "left", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
-    ax.set_ylabel("top-1 error % (validation, last epoch)")
+    ax.set_ylabel(f"{task.score_label} (validation, last epoch)")
 
 
 def _nothing_to_plot(ax, what: str) -> None:
@@ -835,19 +936,21 @@ def _count(n: float) -> str:
     return f"{n:g}"
 
 
-def bubble_figure(rows: list[dict[str, Any]]):
-    """Top-1 error against GMACs per image, bubble area proportional to parameters: the
-    accuracy-vs-operations chart of Canziani et al. 2016 (arXiv:1605.07678, Fig. 2), with error
-    in place of accuracy. Returns a matplotlib Figure; one bubble per row, failed runs left out."""
+def bubble_figure(rows: list[dict[str, Any]], task: "Task | None" = None):
+    """The task's score (top-1 error, mIoU) against GMACs per image, bubble area proportional to
+    parameters: the accuracy-vs-operations chart of Canziani et al. 2016 (arXiv:1605.07678,
+    Fig. 2), with the task's score in place of accuracy. rows: of one task (task None: theirs).
+    Returns a matplotlib Figure; one bubble per row, failed runs left out."""
     from matplotlib.lines import Line2D
 
+    task = task or _task_of(rows)
     fig = _new_figure()
     ax = fig.add_subplot()
-    points, _ = _plottable(rows, ("gmacs", "top1_err", "params"))
+    points, _ = _plottable(rows, ("gmacs", task.score, "params"))
     if points:
         largest = max(r["params"] for _, r in points)
         area = [max(BUBBLE_AREA * r["params"] / largest, MIN_BUBBLE_AREA) for _, r in points]
-        _scatter(ax, points, "gmacs", area, plot_labels(rows))
+        _scatter(ax, points, "gmacs", area, plot_labels(rows), task)
         # Key: powers of ten within the range of parameters, drawn at the same scale.
         smallest = min(r["params"] for _, r in points)
         refs = [10**k for k in range(math.ceil(math.log10(smallest)), math.floor(math.log10(largest)) + 1)]
@@ -859,24 +962,25 @@ def bubble_figure(rows: list[dict[str, Any]]):
         ax.legend(handles=handles, title="area ∝ parameters", loc="upper left", bbox_to_anchor=(1.02, 1),
                   labelspacing=widest / 20, handlelength=widest / 10, borderpad=1.0, frameon=False)
     else:
-        _nothing_to_plot(ax, "GMACs, parameters and a top-1 error")
+        _nothing_to_plot(ax, f"GMACs, parameters and {_bare(task.score_label)}")
     ax.set_xlabel("GMACs per image (10⁹ multiply-accumulates, forward pass)")
-    ax.set_title("Top-1 error against operations (bubble area ∝ parameters)")
+    ax.set_title(f"{_names(task)['Score']} against operations (bubble area ∝ parameters)")
     return fig
 
 
-def throughput_figure(rows: list[dict[str, Any]]):
-    """Top-1 error against training images/s (median over epochs). Returns a matplotlib Figure;
-    one point per row, failed runs left out."""
+def throughput_figure(rows: list[dict[str, Any]], task: "Task | None" = None):
+    """The task's score against training images/s (median over epochs). rows: of one task (task
+    None: theirs). Returns a matplotlib Figure; one point per row, failed runs left out."""
+    task = task or _task_of(rows)
     fig = _new_figure()
     ax = fig.add_subplot()
-    points, _ = _plottable(rows, ("train_images_per_s", "top1_err"))
+    points, _ = _plottable(rows, ("train_images_per_s", task.score))
     if points:
-        _scatter(ax, points, "train_images_per_s", [60.0] * len(points), plot_labels(rows))
+        _scatter(ax, points, "train_images_per_s", [60.0] * len(points), plot_labels(rows), task)
     else:
-        _nothing_to_plot(ax, "a training speed and a top-1 error")
+        _nothing_to_plot(ax, f"a training speed and {_bare(task.score_label)}")
     ax.set_xlabel("training images/s (median over epochs; on each run's own device)")
-    ax.set_title("Top-1 error against training throughput")
+    ax.set_title(f"{_names(task)['Score']} against training throughput")
     return fig
 
 
@@ -892,19 +996,23 @@ def _curve(runs: list[dict[str, Any]], key: str) -> tuple[list, list, list]:
             [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs])
 
 
-def curves_figure(rows: list[dict[str, Any]]):
-    """Training and validation top-1 error per epoch, one line per row (seeds: mean, band ± std),
-    as in the degradation plots of He et al. 2016 (Fig. 1). Returns a matplotlib Figure."""
+def curves_figure(rows: list[dict[str, Any]], task: "Task | None" = None):
+    """The task's training and validation figures per epoch (Task.curves: top-1 error on both sets;
+    pixel accuracy, then mIoU), one line per row (seeds: mean, band ± std), as in the degradation
+    plots of He et al. 2016 (Fig. 1). rows: of one task (task None: theirs). Returns a matplotlib
+    Figure."""
     from matplotlib.ticker import MaxNLocator
 
+    task = task or _task_of(rows)
+    (train_key, train_label), (val_key, val_label) = task.curves
     fig = _new_figure(11.0, 5.0)
-    axes = fig.subplots(1, 2, sharey=True)
+    axes = fig.subplots(1, 2, sharey=train_label == val_label)  # one figure on both panels: one scale
     drawn, shown = 0, []  # lines, epochs drawn
     labels = plot_labels(rows)
     for i, r in enumerate(rows):
         if r["status"] == "failed":
             continue
-        for ax, key in zip(axes, ("train_top1_err", "val_top1_err")):
+        for ax, key in zip(axes, (train_key, val_key)):
             epochs, mean, std = _curve(r.get("runs", [r]), key)
             if not epochs:
                 continue
@@ -921,7 +1029,9 @@ def curves_figure(rows: list[dict[str, Any]]):
         if shown:  # half an epoch either side: one epoch is a point at 1, not at 0.945 ... 1.05
             ax.set_xlim(min(shown) - 0.5, max(shown) + 0.5)
         ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel("top-1 error %")
+    axes[0].set_ylabel(train_label)
+    if val_label != train_label:
+        axes[1].set_ylabel(val_label)
     if drawn:
         legend = {}  # label -> handle, each row once even if only one panel has its curve
         for ax in axes:
@@ -932,7 +1042,7 @@ def curves_figure(rows: list[dict[str, Any]]):
         fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=ncols, fontsize=8)
     else:
         _nothing_to_plot(axes[0], "a per-epoch history")
-    fig.suptitle("Top-1 error per epoch")
+    fig.suptitle(f"{_capital(_bare(train_label)) if train_label == val_label else _names(task)['curves']} per epoch")
     return fig
 
 
@@ -946,20 +1056,49 @@ def png_bytes(fig) -> bytes:
 # The report: the table, the plots and the runs that did not complete, as Markdown and as one
 # self-contained HTML file (images inline as base64)
 
-PLOTS = (  # (file name, title, figure function, values a point needs)
-    ("top1_vs_gmacs.png", "Top-1 error against operations", bubble_figure, ("gmacs", "top1_err", "params")),
-    ("top1_vs_images_per_s.png", "Top-1 error against training throughput", throughput_figure,
-     ("train_images_per_s", "top1_err")),
-    ("error_curves.png", "Training and validation error per epoch", curves_figure, ()),
+# Each task's plots: (file name, title, figure function, values a point needs), with the task's
+# names (_names) in braces: top1_vs_gmacs.png, "Top-1 error against operations"; miou_vs_gmacs.png.
+PLOTS = (
+    ("{stem}_vs_gmacs.png", "{Score} against operations", bubble_figure, ("gmacs", "{score}", "params")),
+    ("{stem}_vs_images_per_s.png", "{Score} against training throughput", throughput_figure,
+     ("train_images_per_s", "{score}")),
+    ("{curves_file}", "{curves} per epoch", curves_figure, ()),
 )
 
 
-def _selection_note(paths: list[str], filters: dict[str, list[str]], sort: str, descending: bool,
+def plots(task: "Task") -> list[tuple[str, str, Callable, tuple[str, ...]]]:
+    """PLOTS for one task, its names filled in: (file name, title, figure function, keys)."""
+    names = _names(task)
+    return [(name.format(**names), title.format(**names), figure, tuple(k.format(**names) for k in keys))
+            for name, title, figure, keys in PLOTS]
+
+
+class Section(NamedTuple):
+    """One task's part of the comparison: its table (rows in order, columns) and its plots."""
+    task: "Task"
+    rows: list[dict[str, Any]]
+    columns: list[Column]
+
+
+def sections_of(rows: list[dict[str, Any]], names: list[str] | None = None, sort: str | None = None,
+                descending: bool = False) -> list[Section]:
+    """The rows split by task (by_task), each task's sorted by `sort` (sort_rows; None: by its
+    score, best first), with the columns named (--columns), or else its default columns."""
+    sections = []
+    for task, group in by_task(rows):
+        group = sort_rows(group, sort, descending)
+        sections.append(Section(task, group, [column(name, group) for name in names or default_columns(group)]))
+    return sections
+
+
+def _selection_note(paths: list[str], filters: dict[str, list[str]], sort: str | None, descending: bool,
                     rows: list[dict[str, Any]]) -> str:
     text = f"{_n_runs(rows)} run(s) below {', '.join(paths)}{_grouping(rows)}"
     if filters:
         text += "; filtered by " + ", ".join(f"{k}={'|'.join(p)}" for k, p in filters.items())
-    return text + f"; sorted by {sort}{' (descending)' if descending else ''}."
+    orders = ([(sort, descending)] if sort is not None else  # else each task's by its score, best first
+              [(task.score, descending or task.higher_is_better) for task in _tasks(rows)])
+    return text + "; sorted by " + ", ".join(f"{key}{' (descending)' if desc else ''}" for key, desc in orders) + "."
 
 
 def _not_completed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -981,16 +1120,30 @@ def _labels_note(rows: list[dict[str, Any]]) -> str:
     return f"In the plots: {'; '.join(named)}." if named else ""
 
 
-def to_report_markdown(rows, columns, note: str, images: dict[str, bytes]) -> str:
-    """report.md: the table, the plots (PNG files beside it) and the runs that did not complete."""
-    parts = [f"# cnnbench report\n\n{note}\n\n", to_markdown(rows, columns)]
-    if _labels_note(rows):
-        parts.append(f"\n{_labels_note(rows)}\n")
-    for name, title, _, keys in PLOTS:
-        parts.append(f"\n## {title}\n\n![{title}]({name})\n")
-        if name in images and _left_out(rows, keys):
-            parts.append(f"\n{_left_out(rows, keys)}\n")
-    bad = _not_completed(rows)
+def to_comparison_markdown(sections: list[Section]) -> str:
+    """comparison.md: each task's table (to_markdown), under a heading naming the task where there
+    are several."""
+    if len(sections) == 1:
+        return to_markdown(sections[0].rows, sections[0].columns)
+    return "\n".join(f"## {s.task.name}\n\n{to_markdown(s.rows, s.columns)}" for s in sections)
+
+
+def to_report_markdown(sections: list[Section], note: str, images: dict[str, bytes]) -> str:
+    """report.md: each task's table and plots (PNG files beside it; a section per task where there
+    are several), then the runs that did not complete."""
+    several = len(sections) > 1
+    parts = [f"# cnnbench report\n\n{note}\n\n"]
+    for i, s in enumerate(sections):
+        if several:
+            parts.append(f"{'' if i == 0 else chr(10)}## {s.task.name}\n\n")
+        parts.append(to_markdown(s.rows, s.columns))
+        if _labels_note(s.rows):
+            parts.append(f"\n{_labels_note(s.rows)}\n")
+        for name, title, _, keys in plots(s.task):
+            parts.append(f"\n{'###' if several else '##'} {title}\n\n![{title}]({name})\n")
+            if name in images and _left_out(s.rows, keys):
+                parts.append(f"\n{_left_out(s.rows, keys)}\n")
+    bad = _not_completed([r for s in sections for r in s.rows])
     if bad:
         parts.append("\n## Runs that did not complete\n\n" + _md_line(["run", "status", "error"]) +
                      "\n|---|---|---|\n" +
@@ -1013,24 +1166,30 @@ def _html_table(header: list[str], body: list[tuple[str, list[tuple[str, bool]]]
     return f"<table><tr>{head}</tr>\n" + "\n".join(lines) + "</table>\n"
 
 
-def to_report_html(rows, columns, note: str, images: dict[str, bytes]) -> str:
+def to_report_html(sections: list[Section], note: str, images: dict[str, bytes]) -> str:
     """report.html: as report.md, in one file, the plots inline."""
     head = (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>cnnbench report</title>"
             f"<style>{_HTML_STYLE}</style></head><body>\n<h1>cnnbench report</h1>\n<p>{html.escape(note)}</p>\n")
-    parts = [head,
-             _html_table([c.header for c in columns],
-                         [(r["status"] or "", [(c.cell(r), c.right) for c in columns]) for r in rows]),
-             f"<p><small>{html.escape(CAPTION)}.</small></p>\n"]
-    if repeats_note(rows):
-        parts.append(f"<p>{html.escape(repeats_note(rows))}.</p>\n")
-    if _labels_note(rows):
-        parts.append(f"<p>{html.escape(_labels_note(rows))}</p>\n")
-    for name, title, _, keys in PLOTS:
-        if name in images:
-            data = base64.b64encode(images[name]).decode("ascii")
-            parts.append(f"<h2>{html.escape(title)}</h2>\n<img alt='{html.escape(title)}' "
-                         f"src='data:image/png;base64,{data}'>\n<p>{html.escape(_left_out(rows, keys))}</p>\n")
-    bad = _not_completed(rows)
+    several = len(sections) > 1
+    h = "h3" if several else "h2"
+    parts = [head]
+    for s in sections:
+        rows, columns = s.rows, s.columns
+        if several:
+            parts.append(f"<h2>{html.escape(s.task.name)}</h2>\n")
+        parts += [_html_table([c.header for c in columns],
+                              [(r["status"] or "", [(c.cell(r), c.right) for c in columns]) for r in rows]),
+                  f"<p><small>{html.escape(caption(rows))}.</small></p>\n"]
+        if repeats_note(rows):
+            parts.append(f"<p>{html.escape(repeats_note(rows))}.</p>\n")
+        if _labels_note(rows):
+            parts.append(f"<p>{html.escape(_labels_note(rows))}</p>\n")
+        for name, title, _, keys in plots(s.task):
+            if name in images:
+                data = base64.b64encode(images[name]).decode("ascii")
+                parts.append(f"<{h}>{html.escape(title)}</{h}>\n<img alt='{html.escape(title)}' "
+                             f"src='data:image/png;base64,{data}'>\n<p>{html.escape(_left_out(rows, keys))}</p>\n")
+    bad = _not_completed([r for s in sections for r in s.rows])
     if bad:
         parts.append("<h2>Runs that did not complete</h2>\n" + _html_table(
             ["run", "status", "error"],
@@ -1042,17 +1201,17 @@ def to_report_html(rows, columns, note: str, images: dict[str, bytes]) -> str:
 
 
 def render_plots(rows: list[dict[str, Any]]) -> dict[str, bytes]:
-    """{file name: PNG} for every plot of the report."""
-    return {name: png_bytes(figure(rows)) for name, _, figure, _ in PLOTS}
+    """{file name: PNG} for every plot of the report: each task's (plots), of its rows in their order."""
+    return {name: png_bytes(figure(group, task)) for task, group in by_task(rows) for name, _, figure, _ in plots(task)}
 
 
-def write_report(out_dir: Path, rows, columns, note: str) -> list[Path]:
+def write_report(out_dir: Path, sections: list[Section], note: str) -> list[Path]:
     """report.md, report.html and the PNGs into out_dir; returns the paths written."""
-    images = render_plots(rows)
+    images = render_plots([r for s in sections for r in s.rows])
     for name, data in images.items():
         atomic_write_bytes(out_dir / name, data)
-    atomic_write_text(out_dir / "report.md", to_report_markdown(rows, columns, note, images))
-    atomic_write_text(out_dir / "report.html", to_report_html(rows, columns, note, images))
+    atomic_write_text(out_dir / "report.md", to_report_markdown(sections, note, images))
+    atomic_write_text(out_dir / "report.html", to_report_html(sections, note, images))
     return [out_dir / "report.md", out_dir / "report.html", *(out_dir / name for name in images)]
 
 
@@ -1089,18 +1248,20 @@ def print_table(table: Table) -> None:
 
 
 def compare_main(paths: list[str], out: str | None, columns: list[str] | None = None,
-                 filters: list[str] = (), sort: str = "top1_err", descending: bool = False,
+                 filters: list[str] = (), sort: str | None = None, descending: bool = False,
                  group_seeds: bool = True) -> int:
     """`cnnbench compare [PATH ...] [--out DIR] [--columns A,B] [--filter KEY=PATTERN]
     [--sort COLUMN [--desc]] [--no-group]`: compare every run below PATHs (default outputs/).
 
     Keeps the runs matching every filter (shell-style patterns; a key given twice matches either),
     averages runs that differ only in seed (mean ± sample std over n distinct seeds; of a seed run
-    more than once, the run whose results.json was written last counts), prints one table sorted
-    by SORT (default top-1 error, best first) and writes into DIR (default: the first PATH, or its
-    folder if it is a file): comparison.csv (raw numbers, one row per run), comparison.md, and
-    report.md / report.html with plots (PNGs beside them). Files that are not cnnbench results
-    are skipped with a warning. Returns the exit code.
+    more than once, the run whose results.json was written last counts), prints one table per task
+    (classification, segmentation), each sorted by SORT (default: the task's score, best first:
+    top-1 error ascending, mIoU descending), and writes into DIR (default: the first PATH, or its
+    folder if it is a file): comparison.csv (raw numbers, one row per run, every task's columns),
+    comparison.md (a table per task), and report.md / report.html with each task's table and plots
+    (PNGs beside them). Files that are not cnnbench results are skipped with a warning. Returns the
+    exit code.
     """
     paths = list(paths) or DEFAULT_PATHS
     if any(not str(p).strip() for p in paths) or (out is not None and not out.strip()):
@@ -1109,7 +1270,8 @@ def compare_main(paths: list[str], out: str | None, columns: list[str] | None = 
     runs = load_rows(paths)
     selected = parse_filters(list(filters), runs)
     resolve_columns(columns, runs)  # every name checked before anything is written
-    check_name(sort, runs, "--sort")
+    if sort is not None:
+        check_name(sort, runs, "--sort")
     kept = filter_rows(runs, selected)
     if not kept:
         seen = {k: sorted({raw_text(value_of(r, k)) for r in runs}) for k in selected}
@@ -1117,18 +1279,21 @@ def compare_main(paths: list[str], out: str | None, columns: list[str] | None = 
             f"No run matches the filters ({len(runs)} run(s) found). Values present: "
             + "; ".join(f"{k}: {', '.join(v[:12]) or '(empty)'}{' …' if len(v) > 12 else ''}" for k, v in seen.items())
             + ". Patterns are shell-style and case-sensitive; quote them so the shell leaves * alone.")
-    rows = sort_rows(group_rows(kept, seeds=group_seeds), sort, descending)
-    chosen = [column(name, rows) for name in columns or default_columns(rows)]  # headers for these rows
+    sections = sections_of(group_rows(kept, seeds=group_seeds), columns, sort, descending)
+    rows = [r for s in sections for r in s.rows]
     try:
         out_dir = _out_dir(paths, out)
     except OSError as e:  # cannot create it: read-only, or a file on its path
         raise _unwritable(e, out or paths[0]) from None
     console = Console()
-    show_comparison(rows, columns, console)
+    for i, s in enumerate(sections):
+        if i:
+            console.print()
+        show_comparison(s.rows, columns, console, s.task.name if len(sections) > 1 else "")
     try:
         atomic_write_text(out_dir / "comparison.csv", to_csv(sort_rows(kept, sort, descending)))
-        atomic_write_text(out_dir / "comparison.md", to_markdown(rows, chosen))
-        report = write_report(out_dir, rows, chosen, _selection_note(paths, selected, sort, descending, rows))
+        atomic_write_text(out_dir / "comparison.md", to_comparison_markdown(sections))
+        report = write_report(out_dir, sections, _selection_note(paths, selected, sort, descending, rows))
     except OSError as e:  # full, read-only, or a folder where a file goes
         raise _unwritable(e, out_dir) from None
     # The folder whole, on its own line: a path wider than the screen is wrapped by the terminal

@@ -30,7 +30,12 @@ def _no_rendering_unless_asked(request, monkeypatch):
     """Drawing the PNGs takes about a second per compare: tests that do not look at them get
     placeholder bytes; those that do ask for `real_plots`."""
     if "real_plots" not in request.fixturenames:
-        monkeypatch.setattr(report, "render_plots", lambda rows: {name: b"png" for name, *_ in report.PLOTS})
+        monkeypatch.setattr(report, "render_plots", fake_plots)
+
+
+def fake_plots(rows) -> dict[str, bytes]:
+    """render_plots's file names, each task's, with placeholder bytes."""
+    return {name: b"png" for task, _ in report.by_task(rows) for name, *_ in report.plots(task)}
 
 
 @pytest.fixture
@@ -38,8 +43,18 @@ def real_plots():
     """Render the report's plots for real (see _no_rendering_unless_asked)."""
 
 
-def make_result(**overrides) -> dict:
-    """A valid results.json dict for a completed run; keyword arguments replace fields."""
+# What a run of each task records that the other's does not (fractions 0-1, as results.json has them).
+FIGURES = {
+    "classification": {"top1_err": 0.1234, "top5_err": 0.0012, "best_top1_err": 0.12},
+    "segmentation": {"miou": 0.5, "pixel_acc": 0.9, "mean_class_acc": 0.6, "best_miou": 0.52,
+                     "per_class_iou": {"background": 0.9, "shirt": 0.1}},
+}
+
+
+def make_result(task: str | None = None, **overrides) -> dict:
+    """A valid results.json dict for a completed run; keyword arguments replace fields. task None:
+    a classification run from before tasks (no "task" key); else that task's run, with its figures
+    (FIGURES) and its "task" and "score"."""
     result = {
         "format": "cnnbench.results", "format_version": 1,
         "status": "completed", "error": None, "run_dir": "/somewhere/else",
@@ -53,15 +68,22 @@ def make_result(**overrides) -> dict:
         "best_top1_err": 0.12, "best_epoch": 2, "wall_time_s": 12.3,
         "history": [], "env": {}, "config": {},
     }
+    if task is not None:
+        for figures in FIGURES.values():
+            for k in figures:
+                result.pop(k, None)
+        result.update(FIGURES[task], task=task,
+                      score={"key": "miou", "higher_is_better": True} if task == "segmentation" else
+                      {"key": "top1_err", "higher_is_better": False})
     result.update(overrides)
     return result
 
 
-def write_run(root: Path, name: str, **overrides) -> Path:
-    """Write root/name/results.json and return the run folder."""
+def write_run(root: Path, name: str, task: str | None = None, **overrides) -> Path:
+    """Write root/name/results.json (make_result) and return the run folder."""
     run = root / name
     run.mkdir(parents=True)
-    (run / "results.json").write_text(json.dumps(make_result(**overrides)))
+    (run / "results.json").write_text(json.dumps(make_result(task, **overrides)))
     return run
 
 
@@ -501,7 +523,7 @@ def test_bad_options_name_the_problem_and_the_fix(tmp_path, args, message):
 def test_an_output_folder_that_cannot_take_the_files_is_refused_whole(tmp_path, capsys, monkeypatch):
     from cnnbench import cli
 
-    monkeypatch.setattr(report, "render_plots", lambda rows: {name: b"png" for name, *_ in report.PLOTS})
+    monkeypatch.setattr(report, "render_plots", fake_plots)
     write_run(tmp_path / "runs", "r1", config=config())
     out = tmp_path / "out"
     (out / "comparison.md").mkdir(parents=True)  # a folder where a file goes: the write fails midway
@@ -700,3 +722,165 @@ def test_named_columns_are_shown_exactly_however_narrow_the_terminal(tmp_path):
     default = shown(None, 40)
     assert "all runs: model=resnet18, dataset=cifar10, optimizer=sgd" in " ".join(default.split())
     assert max(map(len, default.splitlines())) <= 40 and "…" not in default
+
+
+# -----------------------------------------------------------------------------
+# Tasks: classification and segmentation runs compared side by side, each in its own table and
+# plots, from what its Task declares
+
+def segmentation_history(train_accs: list[float], val_mious: list[float]) -> list[dict]:
+    """Per-epoch rows as run.train writes them for a segmentation run."""
+    return [{"epoch": e, "train_loss": 1.0, "train_pixel_acc": a, "val_loss": 1.0, "val_miou": m,
+             "val_pixel_acc": 0.9, "val_mean_class_acc": 0.6, "lr": 0.1, "seconds": 1.0, "images_per_s": 100.0}
+            for e, (a, m) in enumerate(zip(train_accs, val_mious), start=1)]
+
+
+def write_tasks(root: Path) -> None:
+    """Two classification runs, and three segmentation rows: fcn8s, segnet, and unet over two seeds."""
+    write_run(root, "lenet5", "classification", model="lenet5", params=61_706, macs=416_520, top1_err=0.30,
+              config=config("lenet5"), history=history([0.5, 0.3], [0.45, 0.30]))
+    write_run(root, "resnet20", "classification", model="resnet20", params=272_474, macs=41_000_000, top1_err=0.09,
+              config=config("resnet20"), history=history([0.4, 0.05], [0.3, 0.09]))
+    seg = dict(dataset="fashion_scenes", epochs=2)
+    write_run(root, "fcn8s", "segmentation", model="fcn8s", params=134_000_000, macs=20_000_000_000, miou=0.40,
+              train_images_per_s=100.0, config=config("fcn8s"),
+              history=segmentation_history([0.7, 0.8], [0.3, 0.40]), **seg)
+    write_run(root, "segnet", "segmentation", model="segnet", params=29_000_000, macs=2_000_000_000, miou=0.55,
+              train_images_per_s=300.0, config=config("segnet"),
+              history=segmentation_history([0.8, 0.9], [0.5, 0.55]), **seg)
+    for seed, miou in ((0, 0.50), (1, 0.54)):
+        write_run(root, f"model=unet,seed={seed}", "segmentation", model="unet", seed=seed, params=31_000_000,
+                  macs=50_000_000_000, miou=miou, train_images_per_s=80.0, config=config("unet", seed=seed),
+                  history=segmentation_history([0.6, 0.7], [0.4, miou]), **seg)
+
+
+def md_tables(md: str) -> dict[str, list[str]]:
+    """The lines of each `## task` section's table in a comparison.md."""
+    return {part.split("\n", 1)[0]: [line for line in part.splitlines() if line.startswith("|")]
+            for part in md.split("## ")[1:]}
+
+
+def test_each_task_has_its_table_columns_and_order(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # wide enough that rich does not wrap cells
+    write_tasks(tmp_path)
+
+    assert compare_main([str(tmp_path)], None) == 0
+
+    out = capsys.readouterr().out
+    titles = [out.index("cnnbench compare: 2 classification run(s)"),
+              out.index("cnnbench compare: 4 segmentation run(s) in 3 row(s)")]
+    assert titles == sorted(titles)  # classification first
+    assert out.count("all runs: ") == 2 and "dataset=fashion_scenes" in out and "dataset=cifar10" in out
+    assert "mIoU, pixel acc, class acc on the validation set" in out and "errors on the validation set" in out
+
+    tables = md_tables((tmp_path / "comparison.md").read_text())
+    assert list(tables) == ["classification", "segmentation"]
+    classification, segmentation = tables["classification"], tables["segmentation"]
+    assert "| top-1 err % | top-5 err % | epochs |" in classification[0] and "mIoU" not in classification[0]
+    assert "| img/s | mIoU % | pixel acc % | class acc % | epochs | status |" in segmentation[0]
+    assert "top-1" not in segmentation[0]
+    assert [line.split(" | ")[0] for line in classification[2:]] == ["| resnet20", "| lenet5"]  # error: ascending
+    assert [line.split(" | ")[0] for line in segmentation[2:]] == ["| segnet", "| model=unet,seed=*", "| fcn8s"]
+    assert "| 52.00 ± 2.83 | 90.00 ± 0.00 | 60.00 ± 0.00 |" in segmentation[3]  # mean ± std over the seeds
+
+    rows = read_csv(tmp_path)  # every run, every task's columns, raw fractions
+    assert [(r["run"], r["task"]) for r in rows] == [
+        ("resnet20", "classification"), ("lenet5", "classification"), ("segnet", "segmentation"),
+        ("model=unet,seed=1", "segmentation"), ("model=unet,seed=0", "segmentation"), ("fcn8s", "segmentation")]
+    assert (rows[0]["top1_err"], rows[0]["miou"]) == ("0.09", "")
+    assert (rows[2]["miou"], rows[2]["pixel_acc"], rows[2]["mean_class_acc"], rows[2]["best_miou"]) == \
+        ("0.55", "0.9", "0.6", "0.52")
+    assert rows[2]["top1_err"] == ""
+    assert "sorted by top1_err, miou (descending)." in (tmp_path / "report.md").read_text()
+
+
+def test_an_explicit_sort_orders_every_table(tmp_path):
+    write_tasks(tmp_path)
+
+    compare_cli([str(tmp_path), "--sort", "params", "--desc", "--columns", "run,params"])
+
+    tables = md_tables((tmp_path / "comparison.md").read_text())
+    assert tables["classification"][2:] == ["| resnet20 | 272,474 |", "| lenet5 | 61,706 |"]
+    assert [line.split(" | ")[0] for line in tables["segmentation"][2:]] == ["| fcn8s", "| model=unet,seed=*",
+                                                                              "| segnet"]
+    assert "sorted by params (descending)." in (tmp_path / "report.md").read_text()
+    compare_cli([str(tmp_path), "--desc", "--columns", "run"])  # no --sort: each score, the largest first
+    tables = md_tables((tmp_path / "comparison.md").read_text())
+    assert tables["classification"][2:] == ["| lenet5 |", "| resnet20 |"]
+    assert tables["segmentation"][2] == "| segnet |"
+
+
+def test_one_task_alone_has_no_task_headings(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    write_tasks(tmp_path)
+
+    compare_cli([str(tmp_path), "--filter", "task=segmentation"])
+
+    md = (tmp_path / "comparison.md").read_text()
+    assert "## " not in md and md.startswith("| run | model | dataset | optimizer | seed | n seeds |")
+    assert "cnnbench compare: 4 run(s) in 3 row(s)" in capsys.readouterr().out
+    report_md = (tmp_path / "report.md").read_text()
+    assert "\n## mIoU against operations\n" in report_md and "top1" not in report_md
+    assert "sorted by miou (descending)." in report_md
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "miou_vs_gmacs.png", "miou_vs_images_per_s.png", "segmentation_curves.png"]
+
+
+def test_segmentation_plots_show_miou(tmp_path):
+    write_tasks(tmp_path)
+    rows = sort_rows(group_rows(load_rows([str(tmp_path)])))
+    (_, classification), (task, segmentation) = report.by_task(rows)
+
+    fig = bubble_figure(segmentation)  # the task: the rows'
+    ax = fig.axes[0]
+    assert sorted(bubbles(fig).get_offsets()[:, 1]) == pytest.approx([40.0, 52.0, 55.0])  # 100 * mIoU
+    assert ax.get_ylabel() == "mIoU % (validation, last epoch)"
+    assert ax.get_title() == "mIoU against operations (bubble area ∝ parameters)"
+    fig = throughput_figure(segmentation, task)
+    assert sorted(map(tuple, bubbles(fig).get_offsets())) == [(80.0, pytest.approx(52.0)), (100.0, 40.0),
+                                                               (300.0, pytest.approx(55.0))]
+    assert fig.axes[0].get_title() == "mIoU against training throughput"
+
+    fig = curves_figure(segmentation)
+    train_ax, val_ax = fig.axes[:2]
+    assert list({line.get_gid(): line for line in train_ax.get_lines()}["segnet"].get_ydata()) == \
+        pytest.approx([80.0, 90.0])  # training pixel accuracy
+    assert list({line.get_gid(): line for line in val_ax.get_lines()}["model=unet,seed=*"].get_ydata()) == \
+        pytest.approx([40.0, 52.0])  # validation mIoU, the seeds' mean
+    assert (train_ax.get_ylabel(), val_ax.get_ylabel()) == ("pixel accuracy %", "mIoU %")
+    assert fig.get_suptitle() == "Training pixel accuracy and validation mIoU per epoch"
+    assert curves_figure(classification).get_suptitle() == "Top-1 error per epoch"
+    with pytest.raises(ValueError, match="2 tasks"):
+        bubble_figure(rows)
+
+
+def test_report_has_each_task_s_plots(tmp_path, real_plots):
+    write_tasks(tmp_path)
+
+    compare_main([str(tmp_path)], None)
+
+    names = ["top1_vs_gmacs.png", "top1_vs_images_per_s.png", "error_curves.png",
+             "miou_vs_gmacs.png", "miou_vs_images_per_s.png", "segmentation_curves.png"]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(names)
+    for png in tmp_path.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "report.md").read_text()
+    sections = md.split("\n## ")
+    assert [s.split("\n", 1)[0] for s in sections[1:]] == ["classification", "segmentation"]
+    assert "### Top-1 error against operations" in sections[1] and "](top1_vs_gmacs.png)" in sections[1]
+    assert "### mIoU against operations" in sections[2] and "](miou_vs_gmacs.png)" in sections[2]
+    assert "### Training pixel accuracy and validation mIoU per epoch" in sections[2]
+    assert "](segmentation_curves.png)" in sections[2] and "top1" not in sections[2]
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("src='data:image/png;base64,") == 6
+    assert page.index("<h2>classification</h2>") < page.index("<h3>Top-1 error against operations</h3>") \
+        < page.index("<h2>segmentation</h2>") < page.index("<h3>mIoU against operations</h3>")
+
+
+def test_a_run_of_a_task_this_version_does_not_know_is_skipped(tmp_path, capsys):
+    write_run(tmp_path, "known", "segmentation")
+    (tmp_path / "future").mkdir()
+    (tmp_path / "future" / "results.json").write_text(json.dumps({**make_result("segmentation"), "task": "detection"}))
+
+    assert [r["task"] for r in load_rows([str(tmp_path)])] == ["segmentation"]
+    assert "future/results.json: task 'detection' is not one this cnnbench compares" in capsys.readouterr().err
