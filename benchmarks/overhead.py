@@ -55,8 +55,9 @@ def bare_loop(x, y, model_name, options, classes, batch, epochs, lr, device) -> 
     for _ in range(epochs):
         order = torch.randperm(len(x), device=device)
         steps = len(x) // batch
+        warmup = min(WARMUP, max(1, steps // 10))  # as engine.train_one_epoch leaves out
         for i in range(steps):
-            if i == WARMUP:
+            if i == warmup:
                 sync_device(device)
                 t0 = time.perf_counter()
             idx = order[i * batch:(i + 1) * batch]
@@ -65,7 +66,7 @@ def bare_loop(x, y, model_name, options, classes, batch, epochs, lr, device) -> 
             loss.backward()
             opt.step()
         sync_device(device)
-        rates.append((steps - WARMUP) * batch / (time.perf_counter() - t0))
+        rates.append((steps - warmup) * batch / (time.perf_counter() - t0))
     return statistics.median(rates)
 
 
