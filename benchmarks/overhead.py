@@ -46,10 +46,13 @@ CASES = {
 }
 
 
-def bare_loop(x, y, model_name, options, classes, batch, epochs, lr, device) -> float:
-    """Images/s of the plainest correct training loop over the same tensors."""
+def bare_loop(x, y, model_name, options, classes, batch, epochs, lr, device, amp=None, channels_last=False) -> float:
+    """Images/s of the plainest correct training loop over the same tensors, with cnnbench's
+    precision (amp: an autocast dtype or None) and memory format (on CUDA: bf16 and channels_last)."""
     torch.manual_seed(0)
-    model = create_model(model_name, num_classes=classes, in_channels=x.shape[1], **options).to(device)
+    fmt = torch.channels_last if channels_last else torch.preserve_format
+    model = create_model(model_name, num_classes=classes, in_channels=x.shape[1], **options).to(device,
+                                                                                                 memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     rates = []
     for _ in range(epochs):
@@ -61,7 +64,9 @@ def bare_loop(x, y, model_name, options, classes, batch, epochs, lr, device) -> 
                 sync_device(device)
                 t0 = time.perf_counter()
             idx = order[i * batch:(i + 1) * batch]
-            loss = F.cross_entropy(model(x[idx]), y[idx], ignore_index=255)  # 255: unlabelled pixels
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                out = model(x[idx].contiguous(memory_format=fmt))
+            loss = F.cross_entropy(out.float(), y[idx], ignore_index=255)  # 255: unlabelled pixels
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -94,13 +99,17 @@ def main():
     x = train.normalize(train.images)  # the bare loop gets its floats ready-made
     y = train.labels.long()  # (N,) labels or (N, H, W) masks
     name, options = cfg.model.name, run.model_options(cfg.model)
+    # What run.train resolves trainer.amp=auto and channels_last=null to: bf16 and NHWC on a GPU with
+    # bf16 tensor cores, neither on the CPU; the bare loop gets the same
+    cuda_bf16 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+    amp, channels_last = (torch.bfloat16 if cuda_bf16 else None), device.type == "cuda"
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {a.task}: "
           f"{name} {options or ''}, batch {cfg.dataset.batch_size}, {len(x)} images of {x.shape[-1]} px x "
           f"{a.epochs} epoch(s), {a.repeats} repeats")
     bare, ours = [], []
     for r in range(a.repeats):
         bare.append(bare_loop(x, y, name, options, data.num_classes, cfg.dataset.batch_size, a.epochs,
-                              cfg.optimizer.lr, device))
+                              cfg.optimizer.lr, device, amp, channels_last))
         ours.append(cnnbench_loop(cfg))
         print(f"  repeat {r + 1}: bare {bare[-1]:,.0f} img/s, cnnbench {ours[-1]:,.0f} img/s")
     ratio = statistics.median(ours) / statistics.median(bare)
