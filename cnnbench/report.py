@@ -1306,8 +1306,8 @@ def compare_main(paths: list[str], out: str | None, columns: list[str] | None = 
 # -----------------------------------------------------------------------------
 # The model zoo
 
-MODEL_COLUMNS = ("name", "family", "year", "paper", "input", "classes", "params", "GMACs", "min px")
-MODEL_DROP_ORDER = ("paper", "family", "year", "min px", "classes", "input")  # the first left out first
+MODEL_COLUMNS = ("name", "task", "family", "year", "paper", "input", "classes", "params", "GMACs", "min px")
+MODEL_DROP_ORDER = ("paper", "family", "year", "min px", "classes", "input", "task")  # the first left out first
 PAPER_WIDTH = 40  # characters: a paper title wrapped narrower than this goes below the table instead
 
 
@@ -1341,8 +1341,8 @@ def models_table(pattern: str = "*", input_shape: tuple | None = None, classes: 
                 model = create_model(name, num_classes=n_classes, in_channels=shape[0])
             params = f"{count_params(model)[0]:,}"  # for inference: no auxiliary heads
             macs = gmacs(count_macs_of(model, shape))
-        rows.append(dict(zip(MODEL_COLUMNS, (name, info.family, str(info.year), info.paper, "x".join(map(str, shape)),
-                                             str(n_classes), params, macs, str(min_px)))))
+        rows.append(dict(zip(MODEL_COLUMNS, (name, info.task, info.family, str(info.year), info.paper,
+                                             "x".join(map(str, shape)), str(n_classes), params, macs, str(min_px)))))
     columns = [Column(h, lambda r, h=h: r[h], h in ("year", "params", "GMACs", "min px"), name=h,
                       least=PAPER_WIDTH if h == "paper" else 0) for h in MODEL_COLUMNS]
     console = console or Console()

@@ -210,6 +210,10 @@ def validate(cfg: DictConfig) -> None:
             f"labels up to {classes - 1} would have no output. Leave model.num_classes unset (it "
             f"follows the dataset) or set it to {classes} or more.")
     _refuse_unused_settings(cfg)
+    if _value(d.name) == "fashion_scenes":
+        from cnnbench.data.scenes import check_config
+
+        check_config(d)
     if _value(d.name) == "imagefolder" and d.in_channels not in (1, 3):
         raise CnnbenchError(f"dataset.in_channels={d.in_channels}: dataset=imagefolder reads images as grey (1) "
                             f"or RGB (3). Set dataset.in_channels=1 or 3, with as many dataset.mean and dataset.std "
@@ -341,6 +345,7 @@ _USED_ONLY_BY = {
     "scheduler.pct_start": "scheduler=onecycle", "scheduler.div_factor": "scheduler=onecycle",
     "dataset.num_workers": "dataset=imagefolder",  # in-memory datasets use no workers
     "dataset.val_fraction": "dataset=imagefolder",  # the others come with their test split
+    "dataset.canvas": "dataset=fashion_scenes", "dataset.max_items": "dataset=fashion_scenes",
 }
 
 
@@ -984,17 +989,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                     # The plain module: evaluation needs no gradient averaging, and a compiled model
                     # would compile a second graph for evaluation mode.
                     val = engine.evaluate(model, val_loader, step_cfg)
-                    row.update({f"val_{k}": val[k] for k in task.history_keys})
-                    results.update({k: val[k] for k in task.record_keys},
-                                   val_images=val["images"])  # fewer than the split with max_eval_steps
+                    improved = _record_evaluation(task, val, row, results)
                     tb.scalars({f"val/{k}": val[k] for k in task.history_keys}, global_step)
                     if main:
                         for tag, image in task.images(model, val_loader, step_cfg).items():
                             tb.image(tag, image, global_step)
-                    best = f"best_{task.score}"
-                    improved = val[task.score] is not None and task.is_better(val[task.score], results[best])
-                    if improved:
-                        results.update({best: val[task.score], "best_epoch": epoch + 1})
                 else:
                     improved = False
                 tb.scalars({"images_per_s": stats["images_per_s"]}, global_step)
@@ -1005,14 +1004,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                                     dtype=torch.float64, device=device)
                 unreadable, short = (int(v) for v in distributed.all_sum(lost).tolist())
                 results.update(train_images=data.train_size - unreadable, train_images_used=used - short)
-                results["epochs"] = epoch + 1
-                results["skipped_steps"] = sum(r.get("skipped_steps") or 0 for r in results["history"])
-                rates = [r["images_per_s"] for r in results["history"] if r["images_per_s"]]
-                results["train_images_per_s"] = statistics.median(rates) if rates else None  # steady state
-                results["data_wait_s"] = sum(r.get("data_wait_s") or 0.0 for r in results["history"])
-                results["compute_s"] = sum(r.get("compute_s") or 0.0 for r in results["history"])
-                results["mfu"] = measure.mfu(macs, results["train_images_per_s"], device, amp, world.size)
-                results["peak_memory_bytes"], results["peak_memory_kind"] = measure.peak_memory(device)
+                _record_totals(results, macs, device, amp, world.size)
                 results["wall_time_s"] = prior_wall + time.perf_counter() - t_start
                 log.info(_epoch_line(row, t.epochs, num_classes, task))
                 if t.checkpoint:
@@ -1079,6 +1071,33 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
          "images_per_s": results["train_images_per_s"]})
     tb.close()
     return results
+
+
+def _record_evaluation(task: Task, val: Dict[str, Any], row: Dict[str, Any], results: Dict[str, Any]) -> bool:
+    """An evaluation's figures into the epoch's history row (val_<key>) and the record (the task's
+    record_keys, val_images, best_<score> and best_epoch). Returns whether the score improved."""
+    row.update({f"val_{k}": val[k] for k in task.history_keys})
+    results.update({k: val[k] for k in task.record_keys},
+                   val_images=val["images"])  # fewer than the split with max_eval_steps
+    best, score = f"best_{task.score}", val[task.score]
+    improved = score is not None and task.is_better(score, results[best])
+    if improved:
+        results.update({best: score, "best_epoch": row["epoch"]})
+    return improved
+
+
+def _record_totals(results: Dict[str, Any], macs: int, device: torch.device, amp: str, world_size: int) -> None:
+    """The run's figures over its history so far: epochs, skipped steps, the steady-state images/s
+    (median over epochs), seconds waiting for data and computing, MFU and peak memory."""
+    history = results["history"]
+    results["epochs"] = history[-1]["epoch"]
+    results["skipped_steps"] = sum(r.get("skipped_steps") or 0 for r in history)
+    rates = [r["images_per_s"] for r in history if r["images_per_s"]]
+    results["train_images_per_s"] = statistics.median(rates) if rates else None  # steady state
+    results["data_wait_s"] = sum(r.get("data_wait_s") or 0.0 for r in history)
+    results["compute_s"] = sum(r.get("compute_s") or 0.0 for r in history)
+    results["mfu"] = measure.mfu(macs, results["train_images_per_s"], device, amp, world_size)
+    results["peak_memory_bytes"], results["peak_memory_kind"] = measure.peak_memory(device)
 
 
 def _extend_schedule(checkpoint: dict, optimizer, scheduler, s, epochs: int, step: int, results: dict) -> None:

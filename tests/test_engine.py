@@ -174,3 +174,13 @@ def test_running_sums_weigh_each_batch_and_find_the_first_bad_step_long_before_a
     with pytest.raises(engine.Diverged) as e:
         engine.train_one_epoch(model, batches, opt, sched, scaler, step, 0, lambda s, v: None)
     assert e.value.step == bad
+
+
+def test_an_epoch_state_saved_before_tasks_resumes_with_its_images_as_the_denominator():
+    """Mid-epoch checkpoints of the cnnbench before tasks held (2,) sums: loss and top-1 errors over
+    images. Their running figure's denominator, the images, becomes the third sum."""
+    old = engine.EpochState(step=3, totals=torch.tensor([6.0, 2.0]), window=torch.tensor([1.5, 1.0]),
+                            images=12, window_images=4).to(torch.device("cpu"))
+    assert old.totals.tolist() == [6.0, 2.0, 12.0] and old.window.tolist() == [1.5, 1.0, 4.0]
+    fresh = engine.EpochState().to(torch.device("cpu"))
+    assert fresh.totals.tolist() == [0.0, 0.0, 0.0]

@@ -20,6 +20,12 @@ from cnnbench import cli, report, track
 from cnnbench.models import create_model
 
 BAD_TRAIN_INPUTS = [
+    (["model=unet"], "model=unet is a segmentation network, and dataset=synthetic holds classification data"),
+    (["dataset=fashion_scenes"], "model=lenet5 is a classification network, and dataset=fashion_scenes holds "
+                                 "segmentation data"),
+    (["model=unet", "dataset=fashion_scenes", "dataset.max_items=0"], "dataset.max_items=0: every canvas needs at"),
+    (["model=unet", "dataset=fashion_scenes", "dataset.canvas=20"], "dataset.canvas=20 px is too small for"),
+    (["dataset.canvas=64"], "dataset.canvas=64 does not apply to dataset=synthetic: only dataset=fashion_scenes"),
     (["model=foo"], "Unknown model 'foo'. Known: alexnet"),
     (["dataset=imagenet22k"], "Unknown dataset 'imagenet22k'. Known: cifar10"),
     (["optimizer=lion"], "Unknown optimizer 'lion'. Known: adagrad, adam"),

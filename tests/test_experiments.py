@@ -28,10 +28,12 @@ ONE_THREAD = ["trainer.threads=1"]
 SMALL_BATCH = ["dataset.batch_size=16"]
 
 
-def run_experiment(name: str, tmp_path: Path, *overrides: str) -> list:
-    """Run `cnnbench train +experiment=NAME trainer=smoke OVERRIDES`; the results of its jobs."""
+def run_experiment(name: str, tmp_path: Path, *overrides: str, data: list | None = None) -> list:
+    """Run `cnnbench train +experiment=NAME trainer=smoke OVERRIDES`; the results of its jobs. data:
+    the overrides that say where the data is (default DATA)."""
     sweep = tmp_path / name
-    r = cnnbench("train", f"+experiment={name}", "trainer=smoke", f"hydra.sweep.dir={sweep}", *DATA,
+    r = cnnbench("train", f"+experiment={name}", "trainer=smoke", f"hydra.sweep.dir={sweep}",
+                 *(DATA if data is None else data),
                  *SUBSET, *ONE_THREAD, *overrides, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
@@ -126,3 +128,27 @@ def test_experiment_separable(tmp_path):
     assert 8 < standard["macs"] / separable["macs"] < 9
     assert 8 < standard["params"] / separable["params"] < 9
     assert standard["train_images_per_s"] > 0 and separable["train_images_per_s"] > 0
+
+
+def test_experiment_segmentation(tmp_path):
+    # 32 px canvases from a small fake Fashion-MNIST, 2 steps of 2: each FCN image is a 232 px
+    # VGG-16 pass (its 100 px padding), seconds a step on a CPU.
+    from test_segmentation_data import fake_fashion_mnist
+
+    root = fake_fashion_mnist(tmp_path / "fashion")
+    results = run_experiment("segmentation", tmp_path, "dataset.canvas=32", "dataset.train_size=8",
+                             "dataset.val_size=4", "dataset.batch_size=2", "trainer.max_steps_per_epoch=2",
+                             "trainer.max_eval_steps=2", "trainer.checkpoint=false",
+                             data=[f"dataset.root={root}"])
+    by_model = {r["model"]: r for r in results}
+    assert sorted(by_model) == sorted(swept("segmentation")["model"]) == ["fcn16s", "fcn32s", "fcn8s", "segnet",
+                                                                          "unet"]
+    assert {r["task"] for r in results} == {"segmentation"} and all(0 <= r["miou"] <= 1 for r in results)
+    assert by_model["unet"]["config"]["model"]["padding"] == "same"  # per_model: output at the canvas size
+    # the skips add only score layers and learned up-samplings: FCN-8s > 16s > 32s, by thousands
+    assert by_model["fcn32s"]["params"] < by_model["fcn16s"]["params"] < by_model["fcn8s"]["params"]
+    assert by_model["fcn8s"]["params"] - by_model["fcn32s"]["params"] < 20_000
+    # SegNet keeps indices, not feature maps: less activation memory per image than any FCN
+    assert by_model["segnet"]["activation_bytes"] < min(by_model[f"fcn{s}s"]["activation_bytes"] for s in (8, 16, 32))
+    budgets = {str({k: r["config"][k] for k in ("optimizer", "scheduler", "trainer")}) for r in results}
+    assert len(budgets) == 1

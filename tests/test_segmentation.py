@@ -107,3 +107,57 @@ def test_profile_times_a_segmentation_training_step(tmp_path):
     p = json.loads((tmp_path / "p" / "profile.json").read_text())
     assert p["task"] == "segmentation" and p["num_classes"] == 11 and p["input_shape"] == [1, 32, 32]
     assert p["batches"][0]["train_images_per_s"] > 0 and p["train_macs"] > 2 * p["macs"]
+
+
+def test_a_bad_voc_folder_is_one_paragraph_and_leaves_no_run_folder(tmp_path):
+    """A mask value above the classes, found while reading the data: exit 2, one paragraph naming the
+    file and the fix, no traceback, and the run folder Hydra made is taken back."""
+    import numpy as np
+
+    from test_segmentation_data import write_voc
+
+    images = np.zeros((3, 48, 48, 3), dtype=np.uint8)
+    masks = np.zeros((3, 48, 48), dtype=np.uint8)
+    masks[2, 0, 0] = 30
+    write_voc(tmp_path / "voc", images, masks, {"train": [0, 2], "val": [1]})
+    r = cnnbench("train", "model=unet", "model.padding=same", "dataset=voc_segmentation", "dataset.root=voc",
+                 "dataset.image_size=32", "dataset.batch_size=2", "hydra.run.dir=outputs/run", cwd=tmp_path)
+    err = " ".join(r.stderr.split())
+    assert r.returncode == 2 and err.startswith("error: ") and "Traceback" not in err
+    assert "2007_000002.png holds the value 30, but dataset.num_classes=21 allows 0-20 and 255" in err
+    assert not (tmp_path / "outputs" / "run").exists()
+
+
+def test_torchrun_sums_the_confusion_matrix_over_the_processes(tmp_path, scenes_root):
+    """Two CPU processes each evaluate half of the validation canvases; the record's mIoU is the
+    whole split's, exactly what one process computes with the same final weights."""
+    import os
+    import subprocess
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from cnnbench import engine, run
+    from cnnbench.cli import compose_config
+    from cnnbench.data import build_data
+    from cnnbench.tasks import get_task
+
+    overrides = ["model=unet", *TINY_SCENES, f"dataset.root={scenes_root}", "dataset.val_size=6",
+                 "trainer.epochs=1", "trainer.log_filters=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "cnnbench", "train", *overrides, f"hydra.run.dir={tmp_path / 'ddp'}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rec = read_results(tmp_path / "ddp")
+    assert rec["world_size"] == 2 and rec["weights_in_sync"] is True and rec["val_images"] == 6
+
+    cfg = compose_config(overrides)
+    run.resolve(cfg)
+    _, val, data = build_data(OmegaConf.to_object(cfg.dataset), torch.device("cpu"), cfg.seed, 32)
+    model = create_model("unet", num_classes=11, in_channels=1, padding="same")
+    model.load_state_dict(torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=False)["weights"])
+    step = engine.StepConfig(torch.device("cpu"), task=get_task("segmentation"), num_classes=11,
+                             ignore_index=255, class_names=FASHION_NAMES)
+    alone = engine.evaluate(model, val, step)
+    assert alone["images"] == 6 and alone["miou"] == rec["miou"] and alone["per_class_iou"] == rec["per_class_iou"]

@@ -190,12 +190,9 @@ def _scenes(root: Path, download: bool, seed: int, canvas: int, max_items: int, 
     return _CACHE[key]
 
 
-def build_fashion_scenes(conf, device: torch.device, seed: int, image_size: int, rank: int = 0, world: int = 1):
-    """Training and validation SegmentationLoaders over generated Fashion-MNIST scenes, and their
-    DataInfo. conf: a DatasetConf (canvas, max_items, train_size, val_size, ...). The loaders'
-    `boxes` hold one box per item (module docstring) for detection."""
-    from cnnbench.data import DataInfo
-
+def check_config(conf) -> None:
+    """The settings of dataset=fashion_scenes that cannot work, refused with the fix (run.validate
+    calls this before any work; the builder again, for callers of build_data)."""
     if conf.canvas < 2 * MIN_SIDE:
         raise CnnbenchError(f"dataset.canvas={conf.canvas} px is too small for Fashion-MNIST items of at least "
                             f"{MIN_SIDE} px. Set dataset.canvas={2 * MIN_SIDE} or more (the default is 96).")
@@ -205,11 +202,20 @@ def build_fashion_scenes(conf, device: torch.device, seed: int, image_size: int,
     if conf.in_channels != 1:
         raise CnnbenchError(f"Dataset 'fashion_scenes' has 1-channel images but dataset.in_channels="
                             f"{conf.in_channels}. Remove the override.")
-    n_classes = 11 if conf.num_classes is None else conf.num_classes
-    if n_classes < 11:
+    if (11 if conf.num_classes is None else conf.num_classes) < 11:
         raise CnnbenchError(f"dataset.num_classes={conf.num_classes}, but the masks of dataset=fashion_scenes go up "
                             f"to 10: 11 classes (background and the 10 Fashion-MNIST classes). Leave "
                             f"dataset.num_classes at its default (11).")
+
+
+def build_fashion_scenes(conf, device: torch.device, seed: int, image_size: int, rank: int = 0, world: int = 1):
+    """Training and validation SegmentationLoaders over generated Fashion-MNIST scenes, and their
+    DataInfo. conf: a DatasetConf (canvas, max_items, train_size, val_size, ...). The loaders'
+    `boxes` hold one box per item (module docstring) for detection."""
+    from cnnbench.data import DataInfo
+
+    check_config(conf)
+    n_classes = 11 if conf.num_classes is None else conf.num_classes
     n_train, n_val = conf.train_size or DEFAULT_TRAIN, conf.val_size or DEFAULT_VAL
     scenes = _scenes(Path(conf.root).expanduser(), conf.download, seed, conf.canvas, conf.max_items, n_train, n_val)
     (x_tr, m_tr, b_tr), (x_va, m_va, b_va) = scenes["train"], scenes["val"]
