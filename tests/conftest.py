@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from cnnbench.cli import compose_config
 
@@ -46,3 +47,21 @@ def tiny_run(tmp_path_factory) -> Path:
     r = cnnbench("train", *TINY, "trainer.epochs=2", f"hydra.run.dir={run_dir}", cwd=cwd)
     assert r.returncode == 0, r.stdout + r.stderr
     return run_dir
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: on tiny tensors, handing work between threads costs more than
+    doing it. Files whose every test is such use it with `pytestmark = pytest.mark.usefixtures(...)`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def on_meta(name: str, **options) -> torch.nn.Module:
+    """The registered model `name`, built on the meta device: shapes only, no memory."""
+    from cnnbench.models import create_model
+
+    with torch.device("meta"):
+        return create_model(name, **options)

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from conftest import compose_cfg
+from conftest import compose_cfg, on_meta
 
 from cnnbench.models import create_model, fcn, get_model_info, list_models, weights
 from cnnbench.run import model_options
@@ -18,18 +18,7 @@ from cnnbench.run import model_options
 SEGMENTERS = ["fcn32s", "fcn16s", "fcn8s", "unet", "segnet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small tensors: handing work between threads costs more than doing it (tests/test_zoo.py).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def on_meta(name: str, **options) -> nn.Module:
-    with torch.device("meta"):
-        return create_model(name, **options)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest.one_thread)
 
 
 def n_params(model: nn.Module) -> int:

@@ -15,6 +15,8 @@ import torchvision
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import on_meta
+
 from cnnbench.measure import count_macs, count_params
 from cnnbench.models import create_model, get_model_info, list_models
 from cnnbench.models.layers import LocalResponseNorm
@@ -54,18 +56,7 @@ SAME_OUTPUTS = {"alexnet_tv": 63, "vgg11_bn": 32, "googlenet": 32, "densenet121"
 SMALL_STEM = ["vgg11_bn", "densenet121", "mobilenet_v1", "mobilenet_v2", "resnet18"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The tensors here are tiny: handing work between threads costs more than doing it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def on_meta(name: str, **options) -> nn.Module:
-    with torch.device("meta"):
-        return create_model(name, **options)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest.one_thread)
 
 
 @functools.lru_cache(maxsize=None)

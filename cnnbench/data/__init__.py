@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from cnnbench.data.memory import PRERESIZE_LIMIT_BYTES, InMemoryLoader, resize_uint8
+from cnnbench.data.memory import in_memory_loaders
 from cnnbench.errors import CnnbenchError
 
 
@@ -215,20 +215,8 @@ def build_data(conf, device: torch.device, seed: int, image_size: int, rank: int
     if x_tr.shape[1] != conf.in_channels:
         raise CnnbenchError(f"Dataset {name!r} has {x_tr.shape[1]}-channel images but "
                             f"dataset.in_channels={conf.in_channels}. Remove the override.")
-    # Resize once, on the CPU, if the result is small enough; otherwise each batch on the device.
-    per_image = conf.in_channels * image_size * image_size
-    preresize = x_tr.shape[-1] != image_size and (len(x_tr) + len(x_va)) * per_image <= PRERESIZE_LIMIT_BYTES
-    if preresize:
-        x_tr, x_va = resize_uint8(x_tr, image_size), resize_uint8(x_va, image_size)
-    x_tr, y_tr, x_va, y_va = (t.to(device) for t in (x_tr, y_tr, x_va, y_va))
-    common = dict(batch_size=conf.batch_size, mean=conf.mean, std=conf.std, seed=seed,
-                  image_size=image_size, rank=rank, world=world)
-    train = InMemoryLoader(x_tr, y_tr, train=True, augment=conf.augment, **common)
-    val = InMemoryLoader(x_va, y_va, train=False, **common)
-    if len(train) == 0:
-        each = f" on each of {world} processes" if world > 1 else ""
-        raise CnnbenchError(f"The training split has {len(x_tr)} images, fewer than one batch of "
-                            f"dataset.batch_size={conf.batch_size}{each}. Lower the batch size or use more data.")
+    train, val = in_memory_loaders(x_tr, y_tr, x_va, y_va, conf, device, seed, image_size, rank, world)
+    x_tr, y_tr, x_va, y_va = train.images, train.labels, val.images, val.labels  # as held on the device
     labels = max(int(y_tr.max()), int(y_va.max()) if len(y_va) else 0) + 1  # classes the labels name
     n_classes = labels if conf.num_classes is None else conf.num_classes
     if n_classes < labels:

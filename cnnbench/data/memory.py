@@ -197,25 +197,33 @@ class SegmentationLoader(InMemoryLoader):
         return x, m.long()
 
 
-def segmentation_loaders(x_tr: torch.Tensor, m_tr: torch.Tensor, x_va: torch.Tensor, m_va: torch.Tensor,
-                         conf, device: torch.device, seed: int, image_size: int, rank: int = 0,
-                         world: int = 1) -> Tuple[SegmentationLoader, SegmentationLoader]:
-    """Training and validation SegmentationLoaders over uint8 images (N, C, H, W) and masks (N, H, W)
-    on the CPU: resized to image_size once, up front, when the result fits PRERESIZE_LIMIT_BYTES
-    (else each batch as it is cut), then moved to the device. conf: a DatasetConf (batch_size,
-    mean, std, augment, name)."""
-    per_image = (x_tr.shape[1] + 1) * image_size * image_size  # the image's channels and the mask
+def in_memory_loaders(x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor, y_va: torch.Tensor,
+                      conf, device: torch.device, seed: int, image_size: int, rank: int = 0, world: int = 1,
+                      masks: bool = False):
+    """Training and validation loaders over uint8 images (N, C, H, W) on the CPU and their targets:
+    (N,) labels (InMemoryLoader) or, with masks=True, (N, H, W) masks (SegmentationLoader). The
+    images (and masks) are resized to image_size once, up front, when the result fits
+    PRERESIZE_LIMIT_BYTES (else each batch as it is cut), then moved to the device. conf: a
+    DatasetConf (batch_size, mean, std, augment, name). Raises CnnbenchError when the training
+    split has fewer images than one batch (on each process)."""
+    per_image = (x_tr.shape[1] + masks) * image_size * image_size  # the image's channels (and the mask)
     if x_tr.shape[-1] != image_size and (len(x_tr) + len(x_va)) * per_image <= PRERESIZE_LIMIT_BYTES:
         x_tr, x_va = resize_uint8(x_tr, image_size), resize_uint8(x_va, image_size)
-        m_tr, m_va = resize_masks(m_tr, image_size), resize_masks(m_va, image_size)
-    x_tr, m_tr, x_va, m_va = (t.to(device) for t in (x_tr, m_tr, x_va, m_va))
+        if masks:
+            y_tr, y_va = resize_masks(y_tr, image_size), resize_masks(y_va, image_size)
+    x_tr, y_tr, x_va, y_va = (t.to(device) for t in (x_tr, y_tr, x_va, y_va))
+    loader = SegmentationLoader if masks else InMemoryLoader
     common = dict(batch_size=conf.batch_size, mean=conf.mean, std=conf.std, seed=seed,
                   image_size=image_size, rank=rank, world=world)
-    train = SegmentationLoader(x_tr, m_tr, train=True, augment=conf.augment, **common)
-    val = SegmentationLoader(x_va, m_va, train=False, **common)
+    train = loader(x_tr, y_tr, train=True, augment=conf.augment, **common)
+    val = loader(x_va, y_va, train=False, **common)
     if len(train) == 0:
         each = f" on each of {world} processes" if world > 1 else ""
-        name = getattr(conf.name, "value", conf.name)
-        raise CnnbenchError(f"The training split of dataset={name} has {len(x_tr)} images, fewer than one batch "
-                            f"of dataset.batch_size={conf.batch_size}{each}. Lower the batch size or use more data.")
+        raise CnnbenchError(f"The training split has {len(x_tr)} images, fewer than one batch of "
+                            f"dataset.batch_size={conf.batch_size}{each}. Lower the batch size or use more data.")
     return train, val
+
+
+def segmentation_loaders(x_tr, m_tr, x_va, m_va, conf, device, seed, image_size, rank=0, world=1):
+    """in_memory_loaders over images and (N, H, W) masks: SegmentationLoaders."""
+    return in_memory_loaders(x_tr, m_tr, x_va, m_va, conf, device, seed, image_size, rank, world, masks=True)
