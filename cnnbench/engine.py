@@ -16,8 +16,7 @@ import torch.nn as nn
 
 from cnnbench import distributed
 from cnnbench.tasks import Task
-from cnnbench.tasks.classification import (AUX_WEIGHT, CLASSIFICATION, classification_loss,  # noqa: F401
-                                           topk_errors)
+from cnnbench.tasks.classification import CLASSIFICATION
 
 
 @dataclass

@@ -18,6 +18,7 @@ import base64
 import csv
 import difflib
 import fnmatch
+import functools
 import html
 import io
 import json
@@ -47,18 +48,38 @@ DEFAULT_PATHS = ["outputs"]  # where Hydra puts runs unless told otherwise
 
 # CSV columns, in order: raw values from results.json (units as written there: counts, MACs per
 # image, bytes, images/s, errors, IoU and accuracies as fractions 0-1), plus `run`, `gmacs` and
-# `path`; every task's figures, empty where a run's task has none.
+# `path`; every task's figures (Task.figures) after train_images_per_s, empty where a run's task
+# has none (csv_columns()).
 CSV_COLUMNS = (
     "run", "task", "model", "dataset", "optimizer", "seed", "status", "epochs",
     "params", "trainable_params", "macs", "gmacs", "flops",
     "activation_bytes", "param_bytes", "peak_memory_bytes", "peak_memory_kind",
-    "train_images_per_s", "top1_err", "top5_err", "miou", "pixel_acc", "mean_class_acc", "loss",
-    "best_top1_err", "best_miou", "best_epoch", "wall_time_s", "error", "path",
+    "train_images_per_s", "loss", "best_epoch", "wall_time_s", "error", "path",
 )
 
-# Columns that vary from seed to seed: a group of seeds always shows them as mean ± std.
-MEASURED = ("peak_memory_bytes", "train_images_per_s", "top1_err", "top5_err", "miou", "pixel_acc",
-            "mean_class_acc", "loss", "best_top1_err", "best_miou", "best_epoch", "wall_time_s")
+# Columns that vary from seed to seed: a group of seeds always shows them as mean ± std (with
+# every task's figures: measured()).
+MEASURED = ("peak_memory_bytes", "train_images_per_s", "loss", "best_epoch", "wall_time_s")
+
+
+@functools.cache
+def task_figures() -> dict[str, str]:
+    """Every task's figures, results.json key -> column header (Task.figures), in TASK_NAMES order:
+    the tasks declare them, so a new task needs no change here."""
+    from cnnbench.tasks import TASK_NAMES, get_task
+
+    return {k: header for name in TASK_NAMES for k, header in get_task(name).figures.items()}
+
+
+def csv_columns() -> tuple[str, ...]:
+    """CSV_COLUMNS with every task's figures after train_images_per_s."""
+    at = CSV_COLUMNS.index("train_images_per_s") + 1
+    return (*CSV_COLUMNS[:at], *task_figures(), *CSV_COLUMNS[at:])
+
+
+def measured() -> tuple[str, ...]:
+    """MEASURED and every task's figures."""
+    return (*MEASURED, *task_figures())
 DEFAULT_TASK = "classification"  # the task of a results.json without a "task" key (written before tasks)
 
 MISSING = object()  # a dotted config key that a run's config does not have
@@ -157,7 +178,7 @@ def load_rows(paths: list[str]) -> list[dict[str, Any]]:
             print(f"warning: skipping {f}: {why}", file=sys.stderr)
             skipped += 1
             continue
-        row = {k: data.get(k) for k in CSV_COLUMNS}
+        row = {k: data.get(k) for k in csv_columns()}
         row["run"] = _run_name(f, base)
         row["task"] = data.get("task", DEFAULT_TASK)
         row["gmacs"] = row["macs"] / 1e9 if _is_number(row["macs"]) else None
@@ -210,7 +231,7 @@ def value_of(row: dict[str, Any], name: str) -> Any:
     """A column's value, else a dotted key of the run's config (optimizer.lr), else of its
     results.json (env.device_name, input_shape); MISSING if neither has it. For a row of several
     seeds a results.json value is the runs' common value (see _common)."""
-    if name in COLUMNS:
+    if name in known_columns():
         return row.get(name)
     value = _dotted(row.get("config") or {}, name)
     if value is MISSING:
@@ -249,7 +270,7 @@ def _keys(rows: list[dict[str, Any]], part: str) -> list[str]:
 def check_name(name: str, rows: list[dict[str, Any]], option: str) -> None:
     """Raise CnnbenchError unless name is a column, or a dotted key of some run's config or
     results.json."""
-    if name in COLUMNS:
+    if name in known_columns():
         return
     config_keys, record_keys = _keys(rows, "config"), _keys(rows, "record")
     if name in config_keys or name in record_keys:
@@ -257,12 +278,12 @@ def check_name(name: str, rows: list[dict[str, Any]], option: str) -> None:
     guess = ([k for k, c in RECORD_COLUMNS.items() if c.header == name and k in record_keys]  # device
              or [k for k in config_keys if k.endswith("." + name)]  # lr -> optimizer.lr
              or [k for k in record_keys if k.endswith("." + name)]  # cpus -> env.cpus
-             or difflib.get_close_matches(name, [*COLUMNS, *config_keys, *record_keys], n=1))
+             or difflib.get_close_matches(name, [*known_columns(), *config_keys, *record_keys], n=1))
     hint = f" Did you mean {guess[0]}?" if guess else ""
     leaves = [k for k in config_keys if "." in k][:3] or ["optimizer.lr"]
     recorded = [k for k in RECORD_COLUMNS if k in record_keys][:4] or ["env.device_name", "input_shape"]
     raise CnnbenchError(
-        f"{option}: unknown column {name!r}.{hint} Known columns: {', '.join(COLUMNS)}; or a dotted "
+        f"{option}: unknown column {name!r}.{hint} Known columns: {', '.join(known_columns())}; or a dotted "
         f"key of the runs' results.json (e.g. {', '.join(recorded)}) or of their config (e.g. {', '.join(leaves)}).")
 
 
@@ -343,13 +364,13 @@ def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     row.update(run=_group_name(runs), seed=", ".join(str(r["seed"]) for r in runs),
                path=", ".join(r["path"] for r in runs),
                error="; ".join(dict.fromkeys(r["error"] for r in runs if r["error"])) or None)
-    for k in CSV_COLUMNS:
+    for k in csv_columns():
         values = [r[k] for r in runs if _is_number(r[k])]
         if k == "seed" or not values:
             continue
         same = all(v == values[0] for v in values)
         row[k] = values[0] if same else statistics.fmean(values)
-        if len(values) > 1 and (k in MEASURED or not same):
+        if len(values) > 1 and (k in measured() or not same):
             row["std"][k] = statistics.stdev(values)
     return row
 
@@ -487,19 +508,21 @@ COLUMNS: dict[str, Column] = {
     "peak_memory_bytes": Column("peak mem MB", _peak_mem, True),
     "peak_memory_kind": _text("peak_memory_kind"),
     "train_images_per_s": Column("img/s", _number("train_images_per_s", ",.0f"), True),  # training
-    "top1_err": Column("top-1 err %", _number("top1_err", ".2f", 100), True),  # last epoch
-    "top5_err": Column("top-5 err %", _number("top5_err", ".2f", 100), True),  # top-k, k = min(5, classes)
-    "miou": Column("mIoU %", _number("miou", ".2f", 100), True),  # last epoch; mean IoU over the classes present
-    "pixel_acc": Column("pixel acc %", _number("pixel_acc", ".2f", 100), True),
-    "mean_class_acc": Column("class acc %", _number("mean_class_acc", ".2f", 100), True),  # mean over classes
     "loss": Column("loss", _number("loss", ".4f"), True),  # validation, last epoch
-    "best_top1_err": Column("best top-1 err %", _number("best_top1_err", ".2f", 100), True),
-    "best_miou": Column("best mIoU %", _number("best_miou", ".2f", 100), True),
     "best_epoch": Column("best epoch", _number("best_epoch", ".3g"), True),
     "wall_time_s": Column("wall s", _number("wall_time_s", ",.1f"), True),
     "error": _text("error", fold=True),
     "path": _text("path", fold=True),
 }
+
+
+@functools.cache
+def known_columns() -> dict[str, Column]:
+    """Every column by name: COLUMNS, with every task's figures (task_figures(): percent of a
+    fraction, 2 decimals) after img/s."""
+    at = list(COLUMNS).index("train_images_per_s") + 1
+    figures = {k: Column(header, _number(k, ".2f", 100), True) for k, header in task_figures().items()}
+    return {**dict(list(COLUMNS.items())[:at]), **figures, **dict(list(COLUMNS.items())[at:])}
 
 
 def _recorded(key: str, show: Callable[[Any], str] = raw_text) -> Callable[[dict[str, Any]], str]:
@@ -575,17 +598,17 @@ def column(name: str, rows: list[dict[str, Any]]) -> Column:
     if name == "top5_err":
         c = _top5_column(rows)
     else:
-        c = COLUMNS.get(name) or RECORD_COLUMNS.get(name) or _key_column(name, rows)
+        c = known_columns().get(name) or RECORD_COLUMNS.get(name) or _key_column(name, rows)
     return c._replace(name=name)
 
 
 def resolve_columns(names: list[str] | None, rows: list[dict[str, Any]]) -> list[Column]:
-    """Columns by name (COLUMNS, or dotted keys of the config or of results.json); None: the
+    """Columns by name (known_columns(), or dotted keys of the config or of results.json); None: the
     default_columns for the rows. Raises CnnbenchError for a name no run has."""
     names = default_columns(rows) if names is None else names
     if not names:
         raise CnnbenchError("--columns is empty. Name the columns, comma-separated, e.g. "
-                            f"--columns run,model,top1_err,params. Known columns: {', '.join(COLUMNS)}.")
+                            f"--columns run,model,top1_err,params. Known columns: {', '.join(known_columns())}.")
     for name in names:
         check_name(name, rows, "--columns")
     return [column(name, rows) for name in names]
@@ -596,9 +619,9 @@ CAPTION = ("GMACs per image, forward; MB = 2^20 bytes; RSS = process peak memory
 
 
 def caption(rows: list[dict[str, Any]]) -> str:
-    """A table's caption: what its figures are ("errors"; "mIoU, pixel acc, class acc") and the units."""
-    figures = ["errors" if all(k.endswith("_err") for k in task.columns)
-               else ", ".join(COLUMNS[k].header.removesuffix(" %") for k in task.columns) for task in _tasks(rows)]
+    """A table's caption: what its figures are (Task.caption: "errors"; "mIoU, pixel acc, class acc")
+    and the units."""
+    figures = [task.caption for task in _tasks(rows)]
     return f"{'; '.join(figures)} on the validation set after the last epoch; {CAPTION}"
 
 
@@ -784,7 +807,7 @@ def to_markdown(rows: list[dict[str, Any]], columns: list[Column] | None = None)
 def to_csv(rows: list[dict[str, Any]]) -> str:
     """The rows as CSV with raw values (errors as fractions, bytes, MACs); null -> empty cell."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=csv_columns(), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()

@@ -195,6 +195,12 @@ def validate(cfg: DictConfig) -> None:
             raise CnnbenchError(f"{key}={value} is outside [0, 1). Use a probability such as 0.5.")
     if d.num_classes is not None and d.num_classes < 1:
         raise CnnbenchError(f"dataset.num_classes={d.num_classes} must be at least 1.")
+    task = get_task(info.task)
+    for key, value in (("dataset.num_classes", d.num_classes), ("model.num_classes", m.num_classes)):
+        if task.max_classes and value is not None and value > task.max_classes:  # segmentation: uint8 masks
+            raise CnnbenchError(f"{key}={value}: {info.task} targets ({task.targets}) name at most "
+                                f"{task.max_classes} classes, stored as 0-{task.max_classes - 1} with "
+                                f"{task.max_classes} meaning ignored. Use {task.max_classes} classes or fewer.")
     classes = d.num_classes  # imagefolder: null, one class per folder under root/train
     train_dir = Path(d.root).expanduser() / "train"
     if classes is None and _value(d.name) == "imagefolder" and train_dir.is_dir():
@@ -273,6 +279,9 @@ def validate(cfg: DictConfig) -> None:
         raise CnnbenchError(f"dataset.image_size={size}{_size_source(cfg)} is too small for {m.name}: it needs at "
                             f"least {min_size} px. Set dataset.image_size={min_size} or more (or leave it "
                             f"unset to use the smallest size the model takes).")
+    why = info.size_check(size, **options) if info.size_check else None
+    if why:
+        raise CnnbenchError(f"dataset.image_size={size}{_size_source(cfg)} does not fit {m.name}: {why}.")
     if info.max_size and size > info.max_size:
         raise CnnbenchError(f"dataset.image_size={size}{_size_source(cfg)} is too large for {m.name}, which takes "
                             f"{info.max_size} px. Set dataset.image_size={info.max_size}.")
@@ -307,30 +316,35 @@ def _check_task(info, dataset: str) -> None:
     from cnnbench.data import DATASET_TASKS
     from cnnbench.models import list_models
 
-    if info.task in DATASET_TASKS.get(dataset, ("classification",)):
-        return
     served = DATASET_TASKS.get(dataset, ("classification",))
+    if info.task in served:
+        return
     fitting = [n for n, tasks in DATASET_TASKS.items() if info.task in tasks]
     models = [n for n in list_models() if get_model_info(n).task in served]
     shown = ", ".join(models[:8]) + (", ..." if len(models) > 8 else "")
     datasets = ", ".join(f"dataset={n}" for n in fitting)
+    theirs, ours = get_task(served[0]), get_task(info.task)
+    if info.external:  # custom, torchvision and timm networks are trained as classifiers
+        raise CnnbenchError(f"model={info.name} trains its network as a classifier (output (batch, classes)), and "
+                            f"dataset={dataset} holds {' and '.join(served)} data (its targets are {theirs.targets}). "
+                            f"cnnbench's {served[0]} networks are {shown}; or use model={info.name} on a "
+                            f"{info.task} dataset ({datasets}).")
     raise CnnbenchError(f"model={info.name} is a {info.task} network, and dataset={dataset} holds "
-                        f"{' and '.join(served)} data (its targets are {_TARGETS[served[0]]}, not "
-                        f"{_TARGETS[info.task]}). Choose a {info.task} dataset for it ({datasets}), or a "
+                        f"{' and '.join(served)} data (its targets are {theirs.targets}, not "
+                        f"{ours.targets}). Choose a {info.task} dataset for it ({datasets}), or a "
                         f"{served[0]} model for this dataset ({shown}; `cnnbench models` lists each with its task).")
-
-
-_TARGETS = {"classification": "one label per image", "segmentation": "a class for every pixel",
-            "detection": "boxes with classes"}
 
 
 def _size_source(cfg: DictConfig) -> str:
     """Where dataset.image_size came from when the user may not have set it: ' (the default of
     dataset=X, in conf/dataset/X.yaml)' if the dataset's file sets it to this value, else ''. (When
-    it is null the size is the native one, raised or lowered to what the model takes: no error.)"""
+    it is null, the native size raised to the model's minimum: said so.)"""
     from cnnbench.cli import CONF_DIR
 
     name = _value(cfg.dataset.name)
+    if cfg.dataset.image_size is None:
+        return (f" (dataset.image_size is unset: the images' {cfg.dataset.native_size} px, raised to the smallest "
+                f"size {cfg.model.name} takes)")
     path = Path(CONF_DIR, "dataset", f"{name}.yaml")
     if path.is_file() and OmegaConf.load(path).get("image_size") == cfg.dataset.image_size:
         return f" (the default of dataset={name}, in conf/dataset/{name}.yaml)"
@@ -846,11 +860,10 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     train_loader, val_loader, data = build_data(OmegaConf.to_object(d), device, cfg.seed, image_size,
                                                 world.rank, world.size)
     num_classes = m.num_classes if m.num_classes is not None else data.num_classes
-    what = "images" if data.task == "classification" else "images holding it"
-    log.info(f"{len(data.classes)} classes (index name: train/val {what}): " + ", ".join(
+    task = get_task(get_model_info(m.name).task)
+    log.info(f"{len(data.classes)} classes (index name: train/val {task.class_counts}): " + ", ".join(
         f"{c['index']} {c['name']}: {c['train_images']}/{c['val_images']}" for c in data.classes))
     input_shape = (data.in_channels, image_size, image_size)
-    task = get_task(get_model_info(m.name).task)
     model, facts = _build_model(m, num_classes, input_shape)
     macs = facts["macs"]
 

@@ -10,15 +10,16 @@ from conftest import compose_cfg
 
 from cnnbench import engine, run
 from cnnbench.models import create_model
+from cnnbench.tasks.classification import classification_loss, topk_errors
 
 
 def test_topk_errors_counts_misses_and_caps_k_at_the_class_count():
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5]])
     target = torch.tensor([1, 2, 0])
     # top-1: right, wrong, wrong. top-5 on 3 classes = top-3: always right.
-    assert engine.topk_errors(logits, target, (1, 5)).tolist() == [2, 0]
+    assert topk_errors(logits, target, (1, 5)).tolist() == [2, 0]
     many = torch.eye(10)[:4] * 5  # image i predicts class i first
-    assert engine.topk_errors(many, torch.tensor([0, 1, 9, 9]), (1, 5)).tolist() == [2, 2]
+    assert topk_errors(many, torch.tensor([0, 1, 9, 9]), (1, 5)).tolist() == [2, 2]
 
 
 def test_auxiliary_outputs_add_weighted_losses():
@@ -26,7 +27,7 @@ def test_auxiliary_outputs_add_weighted_losses():
     y = torch.tensor([0, 1, 2, 0])
     ce = nn.functional.cross_entropy
     expected = ce(logits, y) + 0.3 * (ce(aux[0], y) + ce(aux[1], y))
-    assert torch.allclose(engine.classification_loss((logits, aux), y), expected)
+    assert torch.allclose(classification_loss((logits, aux), y), expected)
 
 
 def test_sgd_skips_weight_decay_on_norm_and_bias():

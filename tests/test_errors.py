@@ -26,6 +26,15 @@ BAD_TRAIN_INPUTS = [
     (["model=unet", "dataset=fashion_scenes", "dataset.max_items=0"], "dataset.max_items=0: every canvas needs at"),
     (["model=unet", "dataset=fashion_scenes", "dataset.canvas=20"], "dataset.canvas=20 px is too small for"),
     (["dataset.canvas=64"], "dataset.canvas=64 does not apply to dataset=synthetic: only dataset=fashion_scenes"),
+    (["model=unet", "dataset=fashion_scenes"], "dataset.image_size=188 (dataset.image_size is unset: the images' 96 "
+     "px, raised to the smallest size unet takes) does not fit unet: with model.padding=valid (the paper's unpadded "
+     "convolutions) a 188 px input gives a 4 px output, so only 0.045% of each image's pixels would be scored"),
+    (["model=unet", "dataset=fashion_scenes", "dataset.image_size=200"], "at 200 px the max-pools drop rows and the "
+     "output is not centred on the input. Use dataset.image_size=188 or 204, or model.padding=same"),
+    (["model=unet", "model.padding=same", "dataset=fashion_scenes", "dataset.num_classes=300"],
+     "dataset.num_classes=300: segmentation targets (a class for every pixel) name at most 255 classes"),
+    (["model=torchvision", "model.arch=resnet18", "dataset=fashion_scenes"], "model=torchvision trains its network "
+     "as a classifier (output (batch, classes)), and dataset=fashion_scenes holds segmentation data"),
     (["model=foo"], "Unknown model 'foo'. Known: alexnet"),
     (["dataset=imagenet22k"], "Unknown dataset 'imagenet22k'. Known: cifar10"),
     (["optimizer=lion"], "Unknown optimizer 'lion'. Known: adagrad, adam"),

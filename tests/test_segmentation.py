@@ -57,7 +57,7 @@ def test_each_family_trains_and_records_its_segmentation_figures(sweep, model):
     assert (run_dir / "checkpoints" / "best.pt").is_file()
 
 
-def test_tensorboard_has_the_figures_and_the_predicted_masks(sweep):
+def test_tensorboard_has_the_figures_and_the_predicted_masks(sweep, scenes_root):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     _, out = sweep
@@ -67,6 +67,26 @@ def test_tensorboard_has_the_figures_and_the_predicted_masks(sweep):
     (image,) = events.Images("val/segmentation")
     # rows of (image, truth, prediction) for the first 4 validation canvases: 3 tiles of 32 px + padding
     assert (image.width, image.height) == (3 * 34 + 2, 4 * 34 + 2)
+    # the truth tiles are the validation masks in PASCAL VOC's colours, in order
+    import io
+
+    import numpy as np
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from cnnbench import run
+    from cnnbench.cli import compose_config
+    from cnnbench.data import build_data
+    from cnnbench.tasks.segmentation import colour_masks
+
+    cfg = run.resolve(compose_config(["model=unet", *TINY_SCENES, f"dataset.root={scenes_root}"]))
+    _, val, _ = build_data(OmegaConf.to_object(cfg.dataset), torch.device("cpu"), cfg.seed, 32)
+    _, truth = val.preview(4)
+    grid = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("RGB")).astype(int)
+    for row in range(4):
+        tile = grid[2 + 34 * row:34 + 34 * row, 36:68]  # column 1: the truth
+        want = (colour_masks(truth[row:row + 1], 11)[0].permute(1, 2, 0).numpy() * 255).round()
+        assert np.abs(tile - want).max() <= 1
 
 
 def test_compare_shows_the_segmentation_table_sorted_by_miou(sweep):

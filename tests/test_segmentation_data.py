@@ -301,6 +301,9 @@ def test_bad_voc_inputs_name_the_file(tmp_path, voc_scenes):
     (folder / "JPEGImages" / "2007_000005.jpg").unlink()
     with pytest.raises(CnnbenchError, match=r"2007_000005.jpg is missing: the image of id '2007_000005'"):
         build_data(voc_conf(folder), CPU, 0, 48)
+    (folder / "JPEGImages" / "2007_000003.jpg").write_bytes(b"\xff\xd8 not a whole JPEG")
+    with pytest.raises(CnnbenchError, match=r"2007_000003.jpg cannot be read as an image .* Extract it again"):
+        build_data(voc_conf(folder), CPU, 0, 48)
     with pytest.raises(CnnbenchError) as e:
         build_data(voc_conf(tmp_path / "nothing"), CPU, 0, 48)
     for part in ("nothing/VOCdevkit/VOC2012", "JPEGImages/", "dataset.root", "dataset.download=true",

@@ -364,3 +364,19 @@ def test_fcn_weights_of_another_class_count_load_with_every_score_layer_fresh(tm
     assert sorted({k.rsplit(".", 1)[0] for k in fresh}) == sorted(heads) == sorted(
         ["score_fr", "upscore2", "score_pool4", "upscore_pool4", "score_pool3"])
     assert torch.equal(model.fc6[0].weight, voc.fc6[0].weight)
+
+
+@pytest.mark.parametrize("name, trained", [("segnet", ("decoder.",)), ("unet", ("up.", "head.")),
+                                           ("fcn8s", ("score_", "upscore"))])
+def test_freezing_the_backbone_trains_everything_after_the_encoder(name, trained):
+    """model.freeze=backbone on a segmenter: the layers its model.weights fill (VGG-16's convolutions,
+    U-Net's contracting path) are frozen; the decoder, which no classifier's weights fill, trains."""
+    options = {"padding": "same"} if name == "unet" else {}
+
+    def build():
+        return create_model(name, num_classes=5, in_channels=3, **options)
+
+    model = build()
+    weights.freeze_backbone(model, weights.final_layers(build, (3, 32, 32)))
+    for key, p in model.named_parameters():
+        assert p.requires_grad == key.startswith(trained), key

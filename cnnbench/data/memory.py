@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from cnnbench.errors import CnnbenchError
+from cnnbench.tasks.segmentation import IGNORE  # masks: the value no loss or metric counts (PASCAL VOC's "void")
 
 Batch = Tuple[torch.Tensor, torch.Tensor]  # (B, C, H, W) float32 normalised, (B,) int64 | (B, H, W) int64
-IGNORE = 255  # segmentation masks: the value no loss or metric counts (PASCAL VOC's "void")
 
 # Resizing the whole set up front is fastest; past this many bytes (e.g. CIFAR-10 at 224 px is
 # 7.5 GB) each batch is resized as it is cut instead.

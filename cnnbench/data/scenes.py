@@ -4,8 +4,8 @@ In the spirit of M2NIST and MultiMNIST (MNIST digits composited on one canvas).
 
 How a canvas is made (the constants below):
 - 1 to max_items items, the number drawn uniformly per canvas; training canvases take items of
-  Fashion-MNIST's training split, validation canvases items of its test split (drawn with
-  replacement, so no validation item was ever trained on).
+  Fashion-MNIST's training split, validation canvases items of its test split (so no validation
+  item was ever trained on; items are drawn with replacement, so one may appear on several canvases).
 - Each item is resized from 28 px to a square side drawn uniformly in [0.3, 0.6] x canvas px
   (at least MIN_SIDE = 14 px; 29-58 px on a 96 px canvas), bilinear with antialiasing, and placed
   at a uniform position wholly inside the canvas.

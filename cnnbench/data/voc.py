@@ -77,6 +77,19 @@ def _ids(folder: Path, split: str) -> List[str]:
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
+def _open(path: Path, image_id: str) -> Image.Image:
+    """The image at path, decoded; CnnbenchError naming it when it cannot be (truncated, corrupt, not
+    an image: PIL's UnidentifiedImageError is an OSError)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im
+    except OSError as e:
+        raise CnnbenchError(f"{path} cannot be read as an image ({type(e).__name__}: {' '.join(str(e).split())}). "
+                            f"Extract it again from the VOC archive, or remove id {image_id!r} from "
+                            f"ImageSets/Segmentation.") from None
+
+
 def _read(folder: Path, image_id: str, size: int, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
     """One image (3, size, size) uint8 and its mask (size, size) uint8, checked."""
     image_path = folder / "JPEGImages" / f"{image_id}.jpg"
@@ -86,14 +99,12 @@ def _read(folder: Path, image_id: str, size: int, num_classes: int) -> Tuple[np.
             raise CnnbenchError(f"{path} is missing: the {what} of id {image_id!r}, listed in ImageSets/Segmentation. "
                                 f"Restore the file, or remove the id from the list.")
     # No EXIF rotation: the masks were drawn on the pixels as stored
-    with Image.open(image_path) as im:
-        image = im.convert("RGB")
-    with Image.open(mask_path) as m:
-        if m.mode not in ("P", "L"):  # an RGB rendering of the palette holds colours, not class indices
-            raise CnnbenchError(f"{mask_path} has PIL mode {m.mode}; a VOC mask is a palette ('P') or grey ('L') PNG "
-                                f"whose pixel values are class indices. Save it as a palette PNG (as VOC ships "
-                                f"SegmentationClass/), not converted to RGB.")
-        mask = m.copy()
+    image = _open(image_path, image_id).convert("RGB")
+    mask = _open(mask_path, image_id)
+    if mask.mode not in ("P", "L"):  # an RGB rendering of the palette holds colours, not class indices
+        raise CnnbenchError(f"{mask_path} has PIL mode {mask.mode}; a VOC mask is a palette ('P') or grey ('L') PNG "
+                            f"whose pixel values are class indices. Save it as a palette PNG (as VOC ships "
+                            f"SegmentationClass/), not converted to RGB.")
     if image.size != mask.size:
         raise CnnbenchError(f"{mask_path} is {mask.size[0]} x {mask.size[1]} px but its image {image_path} is "
                             f"{image.size[0]} x {image.size[1]} px: a mask must cover its image pixel for pixel. "
@@ -145,7 +156,8 @@ def build_voc_segmentation(conf, device: torch.device, seed: int, image_size: in
         x_va, m_va = x_va[:conf.val_size], m_va[:conf.val_size]
     counts = _images_with(m_tr, n_classes), _images_with(m_va, n_classes)
     train, val = segmentation_loaders(x_tr, m_tr, x_va, m_va, conf, device, seed, image_size, rank, world)
-    names = CLASSES if n_classes == len(CLASSES) else [str(i) for i in range(n_classes)]  # a VOC-layout folder of yours
+    # VOC's names for its 21 indices; a VOC-layout folder of yours with more classes: numbers for the rest
+    names = [*CLASSES[:n_classes], *(str(i) for i in range(len(CLASSES), n_classes))]
     classes = [{"index": i, "name": name, "train_images": counts[0][i], "val_images": counts[1][i]}
                for i, name in enumerate(names)]
     held = sum(t.numel() * t.element_size() for t in (train.images, train.masks, val.images, val.masks))
@@ -157,5 +169,5 @@ def _images_with(masks: torch.Tensor, n_classes: int) -> List[int]:
     """How many of the (N, H, W) masks hold each class, as resized (a speck may vanish)."""
     counts = torch.zeros(n_classes, dtype=torch.long)
     for m in masks:
-        counts += torch.bincount(m.view(-1).long(), minlength=256)[:n_classes] > 0
+        counts += torch.bincount(m.view(-1).long(), minlength=256)[:n_classes] > 0  # values < 256: uint8 masks
     return counts.tolist()

@@ -21,7 +21,7 @@ have no bias.
 
 Up-sampling (sections 3.3, 4.2, 4.3): every up-sampling starts as bilinear interpolation. The 2x
 ones of the skip nets (upscore2, upscore_pool4) are learned, as the paper says (the released
-prototxts freeze them too, lr_mult 0); the final 32x / 16x / 8x one is fixed to bilinear (section
+prototxts, by contrast, freeze them: lr_mult 0); the final 32x / 16x / 8x one is fixed to bilinear (section
 4.3): it is a buffer, not a parameter, so it is neither trained nor counted nor saved. It
 up-samples each class's map on its own (a grouped transposed convolution), the function of the
 reference's class-diagonal 21x21 kernel.

@@ -31,6 +31,7 @@ class ModelInfo:
     max_size: Optional[int]  # largest H = W accepted; None = no limit
     external: bool = False  # not one of the papers' networks: options name it, sizes are found by trying
     task: str = "classification"  # what it predicts: classification | segmentation (| detection)
+    size_check: Optional[Callable[..., Optional[str]]] = None  # (size, **options) -> why a size >= min is refused
 
     @property
     def options(self) -> List[str]:
@@ -50,16 +51,19 @@ _REGISTRY: Dict[str, ModelInfo] = {}
 
 
 def register_model(name: str, *, family: str, year: int, paper: str, min_size, max_size=None,
-                   default_input=(3, 224, 224), default_classes=1000, task: str = "classification"):
+                   default_input=(3, 224, 224), default_classes=1000, task: str = "classification",
+                   size_check=None):
     """Decorator: add a builder to the registry. Names are unique. task: what the network predicts
     (cnnbench/tasks/ has one file per task); a classifier returns (B, classes) scores, a segmenter
-    (B, classes, H', W') per-pixel scores."""
+    (B, classes, H', W') per-pixel scores. size_check(size, **options): why an input size at or
+    above the minimum still cannot be used (None if it can), for networks with more rules than a
+    minimum (U-Net's unpadded layout)."""
 
     def wrap(builder):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = ModelInfo(name, builder, family, year, paper, tuple(default_input),
-                                    default_classes, min_size, max_size, task=task)
+                                    default_classes, min_size, max_size, task=task, size_check=size_check)
         return builder
 
     return wrap

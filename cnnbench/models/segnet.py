@@ -3,7 +3,9 @@ Architecture for Image Segmentation" (TPAMI, arXiv:1511.00561), Fig. 2 and secti
 
 The encoder is VGG-16's thirteen 3x3 convolutions, each followed by batch normalisation and a
 ReLU, without the fully-connected layers (section 3: 134M -> 14.7M encoder parameters). Each of
-its five 2x2/2 max-pools remembers where every maximum came from (2 bits per 2x2 window). The
+its five 2x2/2 max-pools remembers where every maximum came from (the paper stores 2 bits per
+2x2 window; PyTorch's indices are int64, one per output value, and in training every layer's
+input is saved for backward anyway: the saving the paper describes is at inference). The
 decoder mirrors the encoder: it up-samples by putting each value back at its maximum's position
 (max-unpooling with the stored indices, zeros elsewhere: no learned up-sampling, Fig. 3), then
 densifies the sparse maps with 3x3 convolutions + batch norm + ReLU. The last decoder convolution
@@ -54,6 +56,9 @@ class SegNet(nn.Module):
             out = VGG16_STAGES[i - 1][-1] if i > 0 else num_classes
             decoder.insert(0, decoder_stage(list(widths), out, norm_layer, last=i == 0))
         self.decoder = nn.ModuleList(decoder)  # deepest first, in the order it runs
+        # Not the VGG-16-BN encoder that model.weights fills: what model.freeze=backbone trains
+        # (models/weights.py); the last convolution gives the class scores
+        self.head_layers = ["decoder"]
         # section 4: He et al.'s initialisation; norms at scale 1, shift 0
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -12,9 +12,12 @@ the classes. 23 convolutional layers; 31,030,658 parameters at 1 channel and 2 c
 - valid (the paper): unpadded convolutions, so every 3x3 trims a 1 px border and the output is
   SMALLER than the input, 572 x 572 -> 388 x 388 (Fig. 1): (B, C, H, W) -> (B, classes, H - 184,
   W - 184) for the sizes that tile seamlessly, 188 + 16k px, where every max-pool sees an even size
-  (section 2). The smallest is 188 px -> 4 px. The output covers the input's centre; the training
-  target is cropped to it (the segmentation task crops the target to the output's centre, as the
-  paper's overlap-tile training does). Other sizes run, the skip crops then off by half a pixel.
+  (section 2); at other sizes the pools drop rows and the output is no longer centred on the
+  input, so cnnbench refuses them (_size_problem). The output covers the input's centre, and the
+  segmentation task scores it against the mask cropped to that centre. The paper also predicts
+  the border, by mirror-extrapolating the input (overlap-tile, Fig. 2): cnnbench does not, so the
+  border's pixels are not scored, and sizes whose output would cover less than a quarter of the
+  input (under 380 px: 188 px gives 4 px) are refused with the fix.
 - same (not in the paper): padding 1, so (B, C, H, W) -> (B, classes, H, W) for any H, W >= 16
   (four pools); where a pool rounds an odd size down, the up-convolution's map is zero-padded to
   its skip's size.
@@ -93,6 +96,8 @@ class UNet(nn.Module):
         self.down = nn.ModuleList(DoubleConv(chs[i], chs[i + 1], pad, norm_layer) for i in range(len(_WIDTHS)))
         self.up = nn.ModuleList(Up(ch, pad, norm_layer) for ch in reversed(_WIDTHS[1:]))
         self.head = nn.Conv2d(_WIDTHS[0], num_classes, 1)
+        # Not the contracting path: what model.freeze=backbone trains (models/weights.py)
+        self.head_layers = ["up", "head"]
 
         for m in self.modules():  # section 3: N(0, 2 / N), N = inputs of one neuron
             if isinstance(m, nn.Conv2d):
@@ -115,6 +120,26 @@ class UNet(nn.Module):
         return self.head(x)  # (B, num_classes, ...)
 
 
+def _size_problem(size: int, padding: str = "valid", **_) -> Optional[str]:
+    """Why U-Net cannot take a size px input (None if it can): with padding=valid only 188 + 16k px
+    tile seamlessly (the output is centred on the input), and the output should cover at least a
+    quarter of the input's pixels, else the figures score only a small centre (380 px and up)."""
+    if padding != "valid":
+        return None
+    if (size - 188) % 16:
+        lower, upper = size - (size - 188) % 16, size - (size - 188) % 16 + 16
+        return (f"with model.padding=valid (the paper's unpadded convolutions) only sizes of 188 + 16k px tile "
+                f"seamlessly: at {size} px the max-pools drop rows and the output is not centred on the input. "
+                f"Use dataset.image_size={lower} or {upper}, or model.padding=same (output at the input size)")
+    if 4 * (size - 184) ** 2 < size ** 2:
+        return (f"with model.padding=valid (the paper's unpadded convolutions) a {size} px input gives a "
+                f"{size - 184} px output, so only {100 * (size - 184) ** 2 / size ** 2:.2g}% of each image's pixels "
+                f"would be scored (the paper predicts the border by mirroring the input; cnnbench does not). Use "
+                f"model.padding=same (output at the input size), or dataset.image_size=380 or more of 188 + 16k "
+                f"px (572 as in the paper)")
+    return None
+
+
 def _min_size(padding: str = "valid", **_) -> int:
     # valid: the 4 px bottom map -> 4 px out is the smallest tiling input, 188 = ((((4 + 4) * 2 + 4) * 2 + 4)
     # * 2 + 4) * 2 + 4; same: four 2x2 pools need 16 px
@@ -122,7 +147,7 @@ def _min_size(padding: str = "valid", **_) -> int:
 
 
 @register_model("unet", family="unet", year=2015, min_size=_min_size, default_input=(1, 572, 572),
-                default_classes=2, task="segmentation",
+                default_classes=2, task="segmentation", size_check=_size_problem,
                 paper="Ronneberger, Fischer & Brox, U-Net: Convolutional Networks for Biomedical Image Segmentation")
 def unet(num_classes: int = 2, in_channels: int = 1, padding: str = "valid", norm: str = "none") -> UNet:
     """U-Net (Fig. 1). padding=valid (the paper): (B, C, H, W) -> (B, num_classes, H - 184, W - 184),

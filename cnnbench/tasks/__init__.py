@@ -41,6 +41,9 @@ class Task:
     record_keys: the results.json keys the last evaluation fills (and a checkpoint carries).
 
     For `cnnbench compare` and its report (figures are fractions 0-1, shown as percent):
+    figures: every figure of the task in results.json, key -> column header ("miou": "mIoU %"),
+    best_<score> included; the report's columns, CSV fields and seed statistics come from these.
+    caption: what the figures are, for a table's caption ("errors").
     columns: the task's figures in its table, after the cost columns ("top1_err", "top5_err").
     score_label: the score's axis label ("top-1 error %").
     plot_stem: the plots' file names start with it ("top1" -> top1_vs_gmacs.png).
@@ -54,6 +57,11 @@ class Task:
     train_metric: str
     history_keys: tuple
     record_keys: tuple
+    targets: str  # what a target is, in words ("one label per image"), for the refusal of a mismatch
+    class_counts: str  # what DataInfo.classes counts per class ("images")
+    max_classes: Optional[int]  # the most classes its targets can name (uint8 masks with 255 ignored: 255)
+    figures: Dict[str, str]
+    caption: str
     columns: tuple
     score_label: str
     plot_stem: str
@@ -101,6 +109,11 @@ class Task:
     def hparams_metrics(self, results: Dict[str, Any]) -> Dict[str, Optional[float]]:
         """The figures TensorBoard's HPARAMS table shows beside the run's settings."""
         return {k: results.get(k) for k in self.history_keys if k != "loss"}
+
+
+def percent(x: Optional[float]) -> str:
+    """A fraction (0-1) as a percentage with 2 decimals; "—" for None."""
+    return "—" if x is None else f"{100 * x:.2f}%"
 
 
 def get_task(name: str) -> Task:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnbench import distributed
-from cnnbench.tasks import Meter, Task
+from cnnbench.tasks import Meter, Task, percent
 
 AUX_WEIGHT = 0.3  # GoogLeNet's auxiliary classifiers: loss weight each (Szegedy et al. 2014, 5)
 
@@ -60,6 +60,13 @@ class Classification(Task):
     train_metric = "top1_err"
     history_keys = ("loss", "top1_err", "top5_err")
     record_keys = ("loss", "top1_err", "top5_err")
+    targets = "one label per image"
+    class_counts = "images"
+    max_classes = None
+    figures = {"top1_err": "top-1 err %",  # last epoch
+               "top5_err": "top-5 err %",  # top-k, k = min(5, classes)
+               "best_top1_err": "best top-1 err %"}
+    caption = "errors"
     columns = ("top1_err", "top5_err")
     score_label = "top-1 error %"
     plot_stem = "top1"
@@ -91,15 +98,11 @@ class Classification(Task):
 
     def summary(self, r: Dict[str, Any]) -> list:
         k = min(5, r.get("num_classes") or 5)  # the top-5 error is capped at the classes: top-3 of 3
-        return [(f"top-1 / top-{k} error", f"{_pct(r['top1_err'])} / {_pct(r['top5_err'])}"),
-                ("best top-1 error", f"{_pct(r['best_top1_err'])} (epoch {r['best_epoch']})")]
+        return [(f"top-1 / top-{k} error", f"{percent(r['top1_err'])} / {percent(r['top5_err'])}"),
+                ("best top-1 error", f"{percent(r['best_top1_err'])} (epoch {r['best_epoch']})")]
 
     def train_text(self, row: Dict[str, Any]) -> str:
         return f"top-1 err {100 * row['train_top1_err']:.2f}%"
-
-
-def _pct(x: Optional[float]) -> str:
-    return "—" if x is None else f"{100 * x:.2f}%"
 
 
 CLASSIFICATION = Classification()

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnbench import distributed
-from cnnbench.tasks import Meter, Task
+from cnnbench.tasks import Meter, Task, percent
 
 IGNORE = 255  # the mask value of pixels without a label (the PASCAL VOC convention)
 
@@ -29,7 +29,8 @@ IGNORE = 255  # the mask value of pixels without a label (the PASCAL VOC convent
 def align(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The target cropped to the output's centre when the network's output is smaller than its
     input (unpadded convolutions); (B, H', W'). Raises ValueError for an output larger than the
-    target, or off by an odd number of pixels from it."""
+    target. (A network whose output is not centred on its input is refused before a run: U-Net's
+    sizes, models/unet.py.)"""
     (h, w), (th, tw) = output.shape[-2:], target.shape[-2:]
     if (h, w) == (th, tw):
         return target
@@ -78,7 +79,8 @@ class ConfusionMeter(Meter):
     def __init__(self, num_classes: int, device: torch.device, ignore_index: Optional[int] = IGNORE,
                  names: Optional[List[str]] = None):
         self.k, self.device = num_classes, device
-        self.names = names or [str(i) for i in range(num_classes)]
+        names = list(names or [])[:num_classes]  # a model with more outputs than the data's classes: numbered
+        self.names = names + [str(i) for i in range(len(names), num_classes)]
         self.ignore = IGNORE if ignore_index is None else ignore_index
         self.matrix = torch.zeros(num_classes * num_classes + 1, dtype=torch.int64, device=device)  # + 1: ignored
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -87,8 +89,8 @@ class ConfusionMeter(Meter):
     def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
         target = align(output, target)
         self.loss += F.cross_entropy(output.float(), target, ignore_index=self.ignore, reduction="sum").double()
-        labelled = (target != self.ignore) & (target < self.k)
-        cell = torch.where(labelled, target * self.k + output.argmax(1), self.k * self.k)  # (B, H, W)
+        # Every other value is a class below k: the data is checked as it loads (and cross-entropy refuses more)
+        cell = torch.where(target != self.ignore, target * self.k + output.argmax(1), self.k * self.k)  # (B, H, W)
         self.matrix.scatter_add_(0, cell.flatten(), torch.ones_like(cell.flatten()))
         self.images += len(target)
 
@@ -126,7 +128,14 @@ class Segmentation(Task):
     higher_is_better = True
     train_metric = "pixel_acc"
     history_keys = ("loss", "miou", "pixel_acc", "mean_class_acc")
-    record_keys = ("loss", "miou", "pixel_acc", "mean_class_acc", "per_class_iou")
+    record_keys = ("loss", "miou", "pixel_acc", "mean_class_acc", "per_class_iou", "confusion")
+    targets = "a class for every pixel"
+    class_counts = "images holding it"
+    max_classes = IGNORE  # uint8 masks, 255 = ignore: classes 0-254
+    figures = {"miou": "mIoU %",  # last epoch; mean IoU over the classes present
+               "pixel_acc": "pixel acc %", "mean_class_acc": "class acc %",  # mean over the classes present
+               "best_miou": "best mIoU %"}
+    caption = "mIoU, pixel acc, class acc"
     columns = ("miou", "pixel_acc", "mean_class_acc")
     score_label = "mIoU %"
     plot_stem = "miou"
@@ -157,13 +166,10 @@ class Segmentation(Task):
                 f"pixel acc {100 * (row['val_pixel_acc'] or 0):.2f}%")
 
     def summary(self, r: Dict[str, Any]) -> list:
-        def pct(x):
-            return "—" if x is None else f"{100 * x:.2f}%"
-
-        per_class = ", ".join(f"{name} {pct(v)}" for name, v in (r.get("per_class_iou") or {}).items())
+        per_class = ", ".join(f"{name} {percent(v)}" for name, v in (r.get("per_class_iou") or {}).items())
         return [("mIoU / pixel acc. / mean class acc.",
-                 f"{pct(r['miou'])} / {pct(r['pixel_acc'])} / {pct(r['mean_class_acc'])}"),
-                ("best mIoU", f"{pct(r['best_miou'])} (epoch {r['best_epoch']})"),
+                 f"{percent(r['miou'])} / {percent(r['pixel_acc'])} / {percent(r['mean_class_acc'])}"),
+                ("best mIoU", f"{percent(r['best_miou'])} (epoch {r['best_epoch']})"),
                 ("IoU per class", per_class or "—")]
 
     def train_text(self, row: Dict[str, Any]) -> str:
