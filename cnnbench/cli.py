@@ -734,7 +734,8 @@ def _summary(r: dict) -> None:
     table.add_column(overflow="fold")  # values wrap between words, never end in "…"
     rows = [*get_task(r.get("task", "classification")).summary(r),  # the task's figures
             ("parameters", f"{r['params']:,}"),
-            ("MACs per image", f"{gmacs(r['macs'])} G (FLOPs = 2 × MACs)"),
+            ("MACs per image", f"{gmacs(r['macs'])} G (FLOPs = 2 × MACs)"
+             + (f". {r['macs_note']}" if r.get("macs_note") else "")),
             ("activations per image", f"{r['activation_bytes'] / 2**20:.2f} MiB"),
             ("peak memory", f"{(r['peak_memory_bytes'] or 0) / 2**20:,.0f} MiB ({r['peak_memory_kind']})"),
             ("training throughput", f"{r['train_images_per_s']:,.0f} images/s" if r["train_images_per_s"]

@@ -83,6 +83,7 @@ class DatasetName(Choice):
     synthetic = "synthetic"
     fashion_scenes = "fashion_scenes"  # segmentation (and detection): Fashion-MNIST items placed on canvases
     voc_segmentation = "voc_segmentation"  # segmentation: a PASCAL VOC folder (JPEGImages, SegmentationClass)
+    coco_detection = "coco_detection"  # detection: image folders and COCO json annotations (train/, val/)
 
 
 @dataclass
@@ -102,6 +103,11 @@ class ModelConf:
     aux_logits: Optional[bool] = None  # GoogLeNet: the two auxiliary classifiers (training only)
     conv_impl: Optional[str] = None  # LeNet-5: torch (cuDNN/oneDNN) | im2col (the textbook reference)
     padding: Optional[str] = None  # U-Net: valid (unpadded 3x3 convs, as in the paper) | same (output at input size)
+    backbone: Optional[str] = None  # faster_rcnn: the zoo network it detects with: vgg16 (the paper) | resnet50
+    #                                 | mobilenet_v2
+    anchor_sizes: Optional[List[float]] = None  # faster_rcnn: anchor scales, fractions of the image's shorter side
+    anchor_ratios: Optional[List[float]] = None  # faster_rcnn: anchor aspect ratios, height / width
+    proposals: Optional[int] = None  # faster_rcnn: region proposals kept per image in evaluation (the paper: 300)
     # Networks from outside the zoo (cnnbench/models/external.py)
     target: Optional[str] = None  # model=custom: MODULE.NAME of an nn.Module class or a function returning one
     arch: Optional[str] = None  # model=torchvision | timm: the library's name for the network (convnext_tiny)

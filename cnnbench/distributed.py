@@ -11,7 +11,7 @@ writes logs, results, TensorBoard and checkpoints.
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -74,6 +74,17 @@ def broadcast(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_objects(obj: Any) -> Optional[List[Any]]:
+    """Every process's obj (picklable), in rank order, on rank 0; None in the other processes
+    ([obj] without torchrun). Over gloo where the group has it (object collectives take the CPU
+    backend of "cpu:gloo,cuda:nccl"): for what no sum can stand for, such as every box of a split."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def weights_agree(model: torch.nn.Module) -> bool:

@@ -69,14 +69,24 @@ def _flop_counter() -> FlopCounterMode:
                            custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops})
 
 
-def count_macs(build: Callable[[], nn.Module], input_shape: Tuple[int, int, int]) -> int:
+def count_macs(build: Callable[[], nn.Module], input_shape: Tuple[int, int, int],
+               forward: Optional[Callable] = None, image: Optional[torch.Tensor] = None) -> int:
     """MACs of one forward pass of one image, in evaluation mode (no auxiliary heads).
 
     The model is built on the meta device: shapes only, no memory, no arithmetic, so even VGG at
-    224 px is counted in milliseconds."""
-    with torch.device("meta"):
+    224 px is counted in milliseconds. A model whose forward the meta device cannot run (a detector
+    keeps the proposals that score best: data-dependent shapes) is counted on the CPU, on `image`
+    ((C, H, W); else a seeded random one): its count then depends on that image and the weights.
+    forward(model, x) runs the model (default model(x); a detector takes a list of images)."""
+    try:
+        with torch.device("meta"):
+            model = build()
+        return count_macs_of(model, input_shape, forward)
+    except (NotImplementedError, RuntimeError):
         model = build()
-    return count_macs_of(model, input_shape)
+        x = image[None] if image is not None else torch.randn(1, *input_shape,
+                                                             generator=torch.Generator().manual_seed(0))
+        return count_macs_of(model, input_shape, forward, x.cpu())
 
 
 # Layers with no convolution or matrix product inside: they count 0 MACs in this convention, but
@@ -85,16 +95,19 @@ def count_macs(build: Callable[[], nn.Module], input_shape: Tuple[int, int, int]
 _NO_MACS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-def count_macs_of(model: nn.Module, input_shape: Tuple[int, int, int]) -> int:
-    """count_macs for a model already built (on any device; meta is fastest)."""
+def count_macs_of(model: nn.Module, input_shape: Tuple[int, int, int], forward: Optional[Callable] = None,
+                  x: Optional[torch.Tensor] = None) -> int:
+    """count_macs for a model already built (on any device; meta is fastest), on x (1, C, H, W)
+    if given."""
     device = next(model.parameters()).device
+    forward = forward or _call
     counter = _flop_counter()
     skipped = [m for m in model.modules() if isinstance(m, _NO_MACS)]
     for m in skipped:
         m.forward = _pass_through  # an instance attribute: the class's forward is untouched
     try:
         with counter, torch.no_grad():
-            model.eval()(torch.empty(1, *input_shape, device=device))
+            forward(model.eval(), torch.empty(1, *input_shape, device=device) if x is None else x)
     finally:
         for m in skipped:
             del m.forward
@@ -105,20 +118,36 @@ def _pass_through(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def activation_bytes(build: Callable[[], nn.Module], input_shape: Tuple[int, int, int], batch: int = 2) -> int:
+def _call(model: nn.Module, x: torch.Tensor):
+    return model(x)
+
+
+def _total(output) -> torch.Tensor:
+    """One scalar from whatever a forward returns, for a backward pass: scores, (scores, [auxiliary
+    scores]), or a detector's dict of losses."""
+    if isinstance(output, dict):
+        return sum(output.values())
+    if isinstance(output, tuple):
+        return output[0].sum() + sum(a.sum() for a in output[1])
+    return output.sum()
+
+
+def activation_bytes(build: Callable[[], nn.Module], input_shape: Tuple[int, int, int], batch: int = 2,
+                     forward: Optional[Callable] = None) -> int:
     """Bytes per image of the tensors the forward pass saves for backward (training mode, fp32).
 
     Counted with autograd's saved-tensor hooks, on the meta device (shapes only: no weights to
     initialise, no arithmetic; a model whose forward meta cannot run is counted on the CPU). Each
     storage counts once and parameters are excluded. This is what grows with batch size in
-    training memory."""
+    training memory. forward(model, x) runs the model (default model(x); a detector also takes
+    targets in training)."""
     try:
-        return _saved_bytes(build, input_shape, batch, "meta")
+        return _saved_bytes(build, input_shape, batch, "meta", forward or _call)
     except (NotImplementedError, RuntimeError):
-        return _saved_bytes(build, input_shape, batch, "cpu")
+        return _saved_bytes(build, input_shape, batch, "cpu", forward or _call)
 
 
-def _saved_bytes(build, input_shape, batch: int, device: str) -> int:
+def _saved_bytes(build, input_shape, batch: int, device: str, forward: Callable) -> int:
     with torch.device(device):
         model = build().train()
         x = torch.randn(batch, *input_shape)
@@ -132,7 +161,7 @@ def _saved_bytes(build, input_shape, batch: int, device: str) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(x)
+        out = forward(model, x)
     del out
     return sum(seen.values()) // batch
 
@@ -347,19 +376,29 @@ def environment(device: torch.device) -> dict:
     }
 
 
-def count_train_macs(build: Callable[[], nn.Module], input_shape: Tuple[int, int, int]) -> int:
+def count_train_macs(build: Callable[[], nn.Module], input_shape: Tuple[int, int, int],
+                     forward: Optional[Callable] = None) -> int:
     """MACs of one training step's forward + backward for one image (training mode, so auxiliary
-    heads count), on the meta device. 3 x the forward less the first layer's share: backward
-    computes the gradients of each layer's input and weights, each costing the layer's forward,
-    except the image's, which nothing needs (nor the weights of frozen layers)."""
-    with torch.device("meta"):
+    heads count), on the meta device (on the CPU, seeded random images, for a model the meta
+    device cannot run). 3 x the forward less the first layer's share: backward computes the
+    gradients of each layer's input and weights, each costing the layer's forward, except the
+    image's, which nothing needs (nor the weights of frozen layers). forward(model, x) as in
+    count_macs."""
+    try:
+        return _train_macs(build, input_shape, forward or _call, "meta")
+    except (NotImplementedError, RuntimeError):
+        return _train_macs(build, input_shape, forward or _call, "cpu")
+
+
+def _train_macs(build, input_shape, forward: Callable, device: str) -> int:
+    with torch.device(device):
         model = build().train()
-        x = torch.empty(2, *input_shape)  # 2: BatchNorm needs more than one value per channel
+        # 2: BatchNorm needs more than one value per channel
+        x = (torch.empty(2, *input_shape) if device == "meta" else
+             torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)))
     counter = _flop_counter()
     with counter:
-        out = model(x)
-        logits = out[0] if isinstance(out, tuple) else out
-        (logits.sum() + sum(a.sum() for a in (out[1] if isinstance(out, tuple) else []))).backward()
+        _total(forward(model, x)).backward()
     return counter.get_total_flops() // 2 // 2
 
 
@@ -412,14 +451,17 @@ def time_it(fn: Callable[[], None], device: torch.device, warmup: int, repeats: 
 
 
 def speed(model: nn.Module, input_shape: Tuple[int, int, int], batch: int, device: torch.device,
-          warmup: int, repeats: int, train_step: bool, loss: Optional[Callable] = None) -> dict:
+          warmup: int, repeats: int, train_step: bool, loss: Optional[Callable] = None,
+          forward: Optional[Callable] = None) -> dict:
     """Inference latency and throughput, and training-step throughput, at one batch size; on
     CUDA also the peak memory of the training step. loss(output) -> scalar: the task's loss
-    against any target (default: a classifier's cross-entropy against class 0)."""
+    against any target (default: a classifier's cross-entropy against class 0); forward(model, x)
+    runs the model (default model(x); a detector takes a list, and targets in training)."""
+    forward = forward or _call
     x = torch.randn(batch, *input_shape, device=device)
     model.eval()
     with torch.no_grad():
-        infer = time_it(lambda: model(x), device, warmup, repeats)
+        infer = time_it(lambda: forward(model, x), device, warmup, repeats)
     row = {"batch_size": batch, "latency_ms": 1000 * infer, "infer_images_per_s": batch / infer,
            "train_step_ms": None, "train_images_per_s": None, "peak_memory_bytes": None}
     if train_step and batch > 1:  # BatchNorm cannot train on one image
@@ -434,7 +476,7 @@ def speed(model: nn.Module, input_shape: Tuple[int, int, int], batch: int, devic
 
         def step():
             opt.zero_grad(set_to_none=True)
-            loss(model(x)).backward()
+            loss(forward(model, x)).backward()
             opt.step()
 
         t = time_it(step, device, warmup, repeats)
@@ -445,12 +487,13 @@ def speed(model: nn.Module, input_shape: Tuple[int, int, int], batch: int, devic
 
 
 def max_train_batch(model: nn.Module, input_shape: Tuple[int, int, int], device: torch.device,
-                    limit: int = 65536, loss: Optional[Callable] = None) -> int:
+                    limit: int = 65536, loss: Optional[Callable] = None, forward: Optional[Callable] = None) -> int:
     """CUDA: the largest training batch, up to limit, whose fp32 step fits in memory (doubling,
     then bisection); 0 if not even 2 fit (BatchNorm cannot train on one image)."""
     def fits(batch: int) -> bool:
         try:
-            speed(model, input_shape, batch, device, warmup=0, repeats=1, train_step=True, loss=loss)
+            speed(model, input_shape, batch, device, warmup=0, repeats=1, train_step=True, loss=loss,
+                  forward=forward)
             return True
         except torch.cuda.OutOfMemoryError:
             return False

@@ -913,10 +913,11 @@ def _names(task: "Task") -> dict[str, str]:
     names), {score} (its results.json key), {Score} ("Top-1 error", "mIoU") and {curves}, the two
     panels of its per-epoch plot: one figure on both sets is named by its kind ("Training and
     validation error"), two by their names ("Training pixel accuracy and validation mIoU")."""
-    (_, train), (_, val) = task.curves
+    (train_key, train), (val_key, val) = task.curves
     train, val = _bare(train), _bare(val)
+    first, second = (("Training", "validation") if train_key.startswith("train_") else ("Validation", "validation"))
     curves = (f"Training and validation {train.split()[-1]}" if train == val else
-              f"Training {train} and validation {val}")
+              f"{first} {train} and {second} {val}")
     return {"stem": task.plot_stem, "curves_file": task.curves_file, "score": task.score,
             "Score": _capital(_bare(task.score_label)), "curves": curves}
 
@@ -1045,8 +1046,10 @@ def curves_figure(rows: list[dict[str, Any]], task: "Task | None" = None):
                 ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                                 color=_colour(i), alpha=0.2, linewidth=0)
             drawn += 1
-    for ax, title in zip(axes, ("training set (during each epoch)", "validation set (after each evaluated epoch)")):
-        ax.set_title(title, fontsize=10)
+    sets = {"train": "training set (during each epoch)", "val": "validation set (after each evaluated epoch)"}
+    for ax, (key, label) in zip(axes, task.curves):  # each panel named by its set and, if they differ, its figure
+        title = sets[key.split("_", 1)[0]]
+        ax.set_title(title if task.curves[0][1] == task.curves[1][1] else f"{_bare(label)}, {title}", fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # no epoch 1.5, even with one epoch
         if shown:  # half an epoch either side: one epoch is a point at 1, not at 0.945 ... 1.05
@@ -1342,13 +1345,14 @@ def models_table(pattern: str = "*", input_shape: tuple | None = None, classes: 
     listed below the table, and columns that still do not fit are left out in MODEL_DROP_ORDER."""
     import torch
 
-    from cnnbench.measure import count_macs_of, count_params
+    from cnnbench.measure import count_macs, count_macs_of, count_params
     from cnnbench.models import create_model, get_model_info, list_models
+    from cnnbench.tasks import get_task
 
     names = list_models(pattern)
     if not names:
         raise CnnbenchError(f"No model matches {pattern!r}. Known models: {', '.join(list_models())}.")
-    rows = []
+    rows, starred = [], False
     for name in names:
         info = get_model_info(name)
         shape = input_shape or info.default_input
@@ -1363,7 +1367,13 @@ def models_table(pattern: str = "*", input_shape: tuple | None = None, classes: 
             with torch.device("meta"):  # shapes only: no memory, no arithmetic
                 model = create_model(name, num_classes=n_classes, in_channels=shape[0])
             params = f"{count_params(model)[0]:,}"  # for inference: no auxiliary heads
-            macs = gmacs(count_macs_of(model, shape))
+            try:
+                macs = gmacs(count_macs_of(model, shape))
+            except (NotImplementedError, RuntimeError):  # a detector: proposals kept by their scores,
+                task = get_task(info.task)  # data-dependent shapes the meta device cannot run; on the CPU
+                macs = gmacs(count_macs(lambda: create_model(name, num_classes=n_classes, in_channels=shape[0]),
+                                        shape, task.cost_forward)) + " *"
+                starred = True
         rows.append(dict(zip(MODEL_COLUMNS, (name, info.task, info.family, str(info.year), info.paper,
                                              "x".join(map(str, shape)), str(n_classes), params, macs, str(min_px)))))
     columns = [Column(h, lambda r, h=h: r[h], h in ("year", "params", "GMACs", "min px"), name=h,
@@ -1373,7 +1383,9 @@ def models_table(pattern: str = "*", input_shape: tuple | None = None, classes: 
     at = "x".join(map(str, input_shape)) if input_shape else "each paper's input size"
     table, left_out = fit_table(columns, rows, width, MODEL_DROP_ORDER,
                                 title=f"cnnbench models ({len(names)}), counted at {at}",
-                                caption="GMACs: 10^9 multiply-accumulates per image, forward; FLOPs = 2 x MACs")
+                                caption="GMACs: 10^9 multiply-accumulates per image, forward; FLOPs = 2 x MACs"
+                                + ("\n* a detector's: in evaluation mode, on a seeded random image with the weights "
+                                   "as initialised; its proposals, and so its MACs, depend on both" if starred else ""))
     print_whole(table, console)
     if any(c.name == "paper" for c in left_out):  # each paper once, after the models from it
         papers: dict[str, list[str]] = {}

@@ -219,7 +219,7 @@ def validate(cfg: DictConfig) -> None:
     if _value(d.name) == "fashion_scenes":
         from cnnbench.data.scenes import check_config
 
-        check_config(d)
+        check_config(d, info.task)
     if _value(d.name) == "imagefolder" and d.in_channels not in (1, 3):
         raise CnnbenchError(f"dataset.in_channels={d.in_channels}: dataset=imagefolder reads images as grey (1) "
                             f"or RGB (3). Set dataset.in_channels=1 or 3, with as many dataset.mean and dataset.std "
@@ -319,20 +319,22 @@ def _check_task(info, dataset: str) -> None:
     served = DATASET_TASKS.get(dataset, ("classification",))
     if info.task in served:
         return
+    holds = " and ".join(served)
+    targets = "; ".join(get_task(t).targets for t in served)
     fitting = [n for n, tasks in DATASET_TASKS.items() if info.task in tasks]
     models = [n for n in list_models() if get_model_info(n).task in served]
     shown = ", ".join(models[:8]) + (", ..." if len(models) > 8 else "")
     datasets = ", ".join(f"dataset={n}" for n in fitting)
-    theirs, ours = get_task(served[0]), get_task(info.task)
+    ours = get_task(info.task)
     if info.external:  # custom, torchvision and timm networks are trained as classifiers
         raise CnnbenchError(f"model={info.name} trains its network as a classifier (output (batch, classes)), and "
-                            f"dataset={dataset} holds {' and '.join(served)} data (its targets are {theirs.targets}). "
-                            f"cnnbench's {served[0]} networks are {shown}; or use model={info.name} on a "
+                            f"dataset={dataset} holds {holds} data (its targets: {targets}). "
+                            f"cnnbench's {holds} networks are {shown}; or use model={info.name} on a "
                             f"{info.task} dataset ({datasets}).")
     raise CnnbenchError(f"model={info.name} is a {info.task} network, and dataset={dataset} holds "
-                        f"{' and '.join(served)} data (its targets are {theirs.targets}, not "
-                        f"{ours.targets}). Choose a {info.task} dataset for it ({datasets}), or a "
-                        f"{served[0]} model for this dataset ({shown}; `cnnbench models` lists each with its task).")
+                        f"{holds} data (its targets: {targets}; not {ours.targets}). Choose a {info.task} dataset "
+                        f"for it ({datasets}), or a {' or '.join(served)} model for this dataset ({shown}; "
+                        f"`cnnbench models` lists each with its task).")
 
 
 def _size_source(cfg: DictConfig) -> str:
@@ -768,10 +770,12 @@ def _config_dict(cfg: DictConfig) -> Dict[str, Any]:
         return OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
 
 
-def _build_model(m, num_classes: int, input_shape: tuple) -> tuple[nn.Module, Dict[str, Any]]:
+def _build_model(m, num_classes: int, input_shape: tuple, task: Task,
+                 image: Optional[torch.Tensor] = None) -> tuple[nn.Module, Dict[str, Any]]:
     """The configured network on the CPU, with model.weights loaded and model.freeze applied, and
     what it costs per image at input_shape (C, H, W): parameters, MACs and activation bytes, for
-    the record."""
+    the record. image: a validation image (C, H, W), normalised, for a network whose MACs depend
+    on the image (a detector's proposals: measure.count_macs)."""
     options = model_options(m)
 
     def build():  # lazy layers (an external network's) take their shapes from a first forward
@@ -792,9 +796,10 @@ def _build_model(m, num_classes: int, input_shape: tuple) -> tuple[nn.Module, Di
     return model, {
         "params": params, "trainable_params": trainable,  # for inference (no auxiliary heads)
         "training_only_params": training_only,  # e.g. GoogLeNet's auxiliary classifiers
-        "macs": (macs := measure.count_macs(build, input_shape)),
+        "macs": (macs := measure.count_macs(build, input_shape, task.cost_forward, image)),
         "flops": 2 * macs,  # per image, forward pass; FLOPs = 2 x MACs
-        "activation_bytes": measure.activation_bytes(build, input_shape), "param_bytes": param_bytes}
+        "activation_bytes": measure.activation_bytes(build, input_shape, forward=task.cost_forward),
+        "param_bytes": param_bytes}
 
 
 def _new_record(cfg: DictConfig, run: "Run", task: Task, data, facts: Dict[str, Any], input_shape: tuple,
@@ -810,6 +815,7 @@ def _new_record(cfg: DictConfig, run: "Run", task: Task, data, facts: Dict[str, 
         "score": {"key": task.score, "higher_is_better": task.higher_is_better},  # the headline figure
         "model_source": _model_source(cfg),  # an external network's import path and file hash, or library
         **facts,  # params, MACs and activation bytes per image at input_shape (_build_model)
+        "macs_note": task.macs_note(model_options(m)),  # where the MACs depend on the image (a detector's proposals)
         "peak_memory_bytes": None, "peak_memory_kind": None, "train_images_per_s": None,
         "input_shape": list(input_shape), "num_classes": num_classes, "batch_size": d.batch_size,
         "world_size": world.size, "global_batch_size": d.batch_size * world.size,  # batch_size is per process
@@ -823,6 +829,7 @@ def _new_record(cfg: DictConfig, run: "Run", task: Task, data, facts: Dict[str, 
         "classes": data.classes,  # [{index, name, train_images, val_images}]
         "schedule_changes": [],  # resumes that changed trainer.epochs: the schedule recomputed (_extend_schedule)
         "data_bytes": data.bytes,  # in-memory datasets: held on the device, so part of peak_memory_bytes
+        "data_notes": data.notes,  # what reading the data skipped, clipped or counted (COCO boxes), by split
         "epochs": 0, **{k: None for k in task.record_keys},  # the last evaluation's figures
         f"best_{task.score}": None, "best_epoch": None, "wall_time_s": 0.0, "history": [],
         "env": {**measure.environment(device), "others_start": others_start},
@@ -857,14 +864,19 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     if d.image_size is None and image_size != d.native_size:
         log.info(f"Resizing {d.native_size} px images to {image_size} px, the size {m.name} takes "
                  f"(set dataset.image_size to choose).")
+    info = get_model_info(m.name)
     train_loader, val_loader, data = build_data(OmegaConf.to_object(d), device, cfg.seed, image_size,
-                                                world.rank, world.size)
-    num_classes = m.num_classes if m.num_classes is not None else data.num_classes
-    task = get_task(get_model_info(m.name).task)
+                                                world.rank, world.size, task=info.task)
+    # model.num_classes follows dataset.num_classes unless set; the data may count otherwise for the
+    # model's task (fashion_scenes: 11 with the background for segmentation, 10 objects for detection)
+    num_classes = data.num_classes if m.num_classes in (None, d.num_classes) else m.num_classes
+    task = get_task(info.task)
     log.info(f"{len(data.classes)} classes (index name: train/val {task.class_counts}): " + ", ".join(
         f"{c['index']} {c['name']}: {c['train_images']}/{c['val_images']}" for c in data.classes))
     input_shape = (data.in_channels, image_size, image_size)
-    model, facts = _build_model(m, num_classes, input_shape)
+    preview = getattr(val_loader, "preview", None)  # in-memory datasets: their first validation image
+    model, facts = _build_model(m, num_classes, input_shape, task,
+                                val_loader.normalize(preview(1)[0])[0].cpu() if preview else None)
     macs = facts["macs"]
 
     # Speed: each setting resolved here and recorded in results.json.
@@ -1315,12 +1327,12 @@ def profile(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
 
     model = build().to(device)
     params, trainable, param_bytes, training_only = measure.count_params(model)
-    macs = measure.count_macs(build, input_shape)
-    train_macs = measure.count_train_macs(build, input_shape)
+    macs = measure.count_macs(build, input_shape, task.cost_forward)
+    train_macs = measure.count_train_macs(build, input_shape, task.cost_forward)
     log.info(f"Profiling {m.name} at {'x'.join(map(str, input_shape))} on {device}: {params:,} parameters, "
              f"{gmacs(macs)} GMACs/image")
-    rows = [measure.speed(model, input_shape, b, device, p.warmup, p.repeats, p.train_step, task.probe_loss)
-            for b in p.batch_sizes]
+    rows = [measure.speed(model, input_shape, b, device, p.warmup, p.repeats, p.train_step, task.probe_loss,
+                          task.cost_forward) for b in p.batch_sizes]
     peak, kind = measure.peak_memory(device)  # before find_max_batch's probes, which fill the device on purpose
     # CUDA: speed() starts the count afresh for each batch size, so the profile's peak is the largest of theirs
     peak = max([peak] + [row["peak_memory_bytes"] for row in rows if row["peak_memory_bytes"]])
@@ -1331,9 +1343,11 @@ def profile(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "param_bytes": param_bytes,
         "macs": macs, "flops": 2 * macs,  # per image, forward, evaluation mode
         "train_macs": train_macs, "train_flops": 2 * train_macs,  # per image, forward + backward
-        "activation_bytes": measure.activation_bytes(build, input_shape),  # per image, kept for backward
+        "macs_note": task.macs_note(options),
+        "activation_bytes": measure.activation_bytes(build, input_shape, forward=task.cost_forward),  # per image, kept
         "batches": rows,  # latency and throughput per batch size (medians; warm-up excluded)
-        "max_train_batch": (measure.max_train_batch(model, input_shape, device, loss=task.probe_loss)
+        "max_train_batch": (measure.max_train_batch(model, input_shape, device, loss=task.probe_loss,
+                                                    forward=task.cost_forward)
                             if p.find_max_batch and device.type == "cuda" else None),
         "layers": measure.layer_table(build, input_shape) if p.layers else None,
         "env": measure.environment(device),

@@ -22,7 +22,7 @@ from cnnbench.models import create_model
 BAD_TRAIN_INPUTS = [
     (["model=unet"], "model=unet is a segmentation network, and dataset=synthetic holds classification data"),
     (["dataset=fashion_scenes"], "model=lenet5 is a classification network, and dataset=fashion_scenes holds "
-                                 "segmentation data"),
+                                 "segmentation and detection data (its targets: a class for every pixel; boxes"),
     (["model=unet", "dataset=fashion_scenes", "dataset.max_items=0"], "dataset.max_items=0: every canvas needs at"),
     (["model=unet", "dataset=fashion_scenes", "dataset.canvas=20"], "dataset.canvas=20 px is too small for"),
     (["dataset.canvas=64"], "dataset.canvas=64 does not apply to dataset=synthetic: only dataset=fashion_scenes"),
@@ -34,7 +34,7 @@ BAD_TRAIN_INPUTS = [
     (["model=unet", "model.padding=same", "dataset=fashion_scenes", "dataset.num_classes=300"],
      "dataset.num_classes=300: segmentation targets (a class for every pixel) name at most 255 classes"),
     (["model=torchvision", "model.arch=resnet18", "dataset=fashion_scenes"], "model=torchvision trains its network "
-     "as a classifier (output (batch, classes)), and dataset=fashion_scenes holds segmentation data"),
+     "as a classifier (output (batch, classes)), and dataset=fashion_scenes holds segmentation and detection data"),
     (["model=foo"], "Unknown model 'foo'. Known: alexnet"),
     (["dataset=imagenet22k"], "Unknown dataset 'imagenet22k'. Known: cifar10"),
     (["optimizer=lion"], "Unknown optimizer 'lion'. Known: adagrad, adam"),

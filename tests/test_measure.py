@@ -100,6 +100,8 @@ FAMILIES = list({get_model_info(name).family: name for name in reversed(list_mod
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_family_trains_at_three_times_its_forward(name):
     info = get_model_info(name)
+    if info.task == "detection":  # training samples 2,000 proposals, evaluation keeps 300: other work
+        pytest.skip("a detector's training forward is not its evaluation forward")
     shape = (info.default_input[0], info.min_input(), info.min_input())
     with torch.device("meta"):
         model = nn.Sequential(Scale(), create_model(name))  # every layer needs its input's gradient

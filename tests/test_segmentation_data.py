@@ -165,7 +165,7 @@ def test_the_config_takes_native_size_from_the_canvas():
     from cnnbench.cli import compose_config
 
     d = OmegaConf.to_object(compose_config(["dataset=fashion_scenes", "dataset.canvas=64"]).dataset)
-    assert (d.native_size, d.num_classes, d.train_size, d.augment) == (64, 11, 10000, True)
+    assert (d.native_size, d.num_classes, d.train_size, d.augment) == (64, None, 10000, True)  # None: per task
     v = OmegaConf.to_object(compose_config(["dataset=voc_segmentation"]).dataset)
     assert (v.num_classes, v.image_size, v.in_channels, v.download) == (21, 256, 3, False)
 

@@ -1,7 +1,7 @@
 """Dataset builders: find the files (or download them), and return train and validation loaders
 that yield normalised (B, C, H, W) float batches on the training device.
 
-    train, val, info = build_data(dataset_conf, device, seed)
+    train, val, info = build_data(dataset_conf, device, seed, image_size, task="detection")
 """
 
 import gzip
@@ -30,14 +30,17 @@ class DataInfo:
     train_used: int = 0  # images trained on per epoch: whole batches (all processes), the rest left out
     workers: Optional[int] = None  # DataLoader worker processes (image folders); None: no loader processes
     task: str = "classification"  # what the targets are: (B,) labels | segmentation: (B, H, W) class per pixel
+    #                               | detection: (M, 6) boxes [image in batch, class, x1, y1, x2, y2] px
     ignore_index: Optional[int] = None  # segmentation: the mask value that no loss or metric counts (255)
+    notes: Optional[dict] = None  # counts worth recording, e.g. detection's boxes skipped or clipped on reading
 
 
 # The tasks each dataset's targets serve (cnnbench/tasks/): a model of another task is refused up front.
 DATASET_TASKS = {"fashion_mnist": ("classification",), "mnist": ("classification",),
                  "cifar10": ("classification",), "cifar100": ("classification",),
                  "imagefolder": ("classification",), "synthetic": ("classification",),
-                 "fashion_scenes": ("segmentation",), "voc_segmentation": ("segmentation",)}
+                 "fashion_scenes": ("segmentation", "detection"), "voc_segmentation": ("segmentation",),
+                 "coco_detection": ("detection",)}  # the first: what build_data serves when not told
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,19 +183,31 @@ def _make_synthetic(num_classes: int, channels: int, size: int, n_train: int, n_
 # ---------------------------------------------------------------------------------------------
 
 def build_data(conf, device: torch.device, seed: int, image_size: int, rank: int = 0,
-               world: int = 1) -> Tuple[object, object, DataInfo]:
+               world: int = 1, task: Optional[str] = None) -> Tuple[object, object, DataInfo]:
     """conf: a cnnbench.config.DatasetConf; image_size: the px the model gets (already checked
-    against the model's minimum); rank, world: this process's share under torchrun. Returns
-    (train_loader, val_loader, info)."""
+    against the model's minimum); rank, world: this process's share under torchrun; task: the
+    model's task, which picks the targets of a dataset that serves several (fashion_scenes: masks or
+    boxes); None: the dataset's first in DATASET_TASKS. Returns (train_loader, val_loader, info)."""
     name = getattr(conf.name, "value", conf.name)
+    served = DATASET_TASKS.get(name, ("classification",))
+    task = task or served[0]
+    if task not in served:
+        fitting = ", ".join(f"dataset={n}" for n, tasks in DATASET_TASKS.items() if task in tasks) or "none yet"
+        raise CnnbenchError(f"dataset={name} holds {' and '.join(served)} data, not {task} data. Choose a {task} "
+                            f"dataset ({fitting}), or a {served[0]} model for dataset={name}.")
     if name == "imagefolder":
         from cnnbench.data.folder import build_imagefolder
 
         return build_imagefolder(conf, device, seed, image_size, rank, world)
     if name == "fashion_scenes":
-        from cnnbench.data.scenes import build_fashion_scenes
+        from cnnbench.data.scenes import build_fashion_scenes, build_fashion_scenes_detection
 
-        return build_fashion_scenes(conf, device, seed, image_size, rank, world)
+        builder = build_fashion_scenes_detection if task == "detection" else build_fashion_scenes
+        return builder(conf, device, seed, image_size, rank, world)
+    if name == "coco_detection":
+        from cnnbench.data.coco import build_coco_detection
+
+        return build_coco_detection(conf, device, seed, image_size, rank, world)
     if name == "voc_segmentation":
         from cnnbench.data.voc import build_voc_segmentation
 

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from cnnbench.errors import CnnbenchError
 from cnnbench.tasks.segmentation import IGNORE  # masks: the value no loss or metric counts (PASCAL VOC's "void")
 
-Batch = Tuple[torch.Tensor, torch.Tensor]  # (B, C, H, W) float32 normalised, (B,) int64 | (B, H, W) int64
+# (B, C, H, W) float32 normalised, and (B,) int64 labels | (B, H, W) int64 masks | (M, 6) float32 boxes
+Batch = Tuple[torch.Tensor, torch.Tensor]
 
 # Resizing the whole set up front is fastest; past this many bytes (e.g. CIFAR-10 at 224 px is
 # 7.5 GB) each batch is resized as it is cut instead.
@@ -197,22 +198,136 @@ class SegmentationLoader(InMemoryLoader):
         return x, m.long()
 
 
+
+# ---------------------------------------------------------------------------------------------
+# Detection: boxes as one flat tensor per batch (ultralytics' layout, with a batch-index column)
+# ---------------------------------------------------------------------------------------------
+
+def scale_boxes(boxes: torch.Tensor, height: int, width: int, size: int) -> torch.Tensor:
+    """(M, 6) rows [image, class, x1, y1, x2, y2] in px of height x width images -> px of the same
+    images squashed to size x size (x by size / width, y by size / height)."""
+    if (height, width) == (size, size):
+        return boxes
+    sx, sy = size / width, size / height
+    return boxes * torch.tensor([1, 1, sx, sy, sx, sy], dtype=boxes.dtype, device=boxes.device)
+
+
+def crop_flip_boxes(y: torch.Tensor, pad: int, height: int, width: int, draws) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The boxes of a batch (M, 6) [batch index, class, x1, y1, x2, y2], moved as random_crop_flip moves
+    their images by the same draws: shifted by the crop's offset, clipped to the image, then mirrored
+    (x1' = W - x2, x2' = W - x1). Returns the boxes and whether each is kept: a box left under 1 px wide
+    or high (cropped away, or nearly) is not."""
+    dy, dx, flip = draws
+    b = y[:, 0].long()  # (M,) each box's image in the batch
+    sx, sy = (dx[b] - pad).to(y.dtype), (dy[b] - pad).to(y.dtype)  # the crop's top-left corner, px of the image
+    x1, x2 = (y[:, 2] - sx).clamp(0, width), (y[:, 4] - sx).clamp(0, width)
+    y1, y2 = (y[:, 3] - sy).clamp(0, height), (y[:, 5] - sy).clamp(0, height)
+    mirrored = flip[b]
+    x1, x2 = torch.where(mirrored, width - x2, x1), torch.where(mirrored, width - x1, x2)
+    keep = (x2 - x1 >= 1) & (y2 - y1 >= 1)
+    return torch.stack([y[:, 0], y[:, 1], x1, y1, x2, y2], 1), keep
+
+
+class DetectionLoader(InMemoryLoader):
+    """Iterates (images, boxes) batches: x (B, C, H, W) float32 normalised, y (M, 6) float32 with one row
+    per object of the batch, [image index in the batch 0..B-1, class 0..K-1, x1, y1, x2, y2] in px of x
+    (x2, y2 exclusive); an image without objects has no rows. The same order, resume and data-parallel
+    share as InMemoryLoader; an image and its boxes are cropped and flipped by the same draw (padding
+    size // 8 px, as SegmentationLoader), and the boxes cropped away are dropped and counted
+    (dropped_boxes).
+
+    boxes: (M, 6) rows [image index in the split, class, x1, y1, x2, y2] in px of `images`; held sorted
+    by image and scaled to px of image_size, with CSR offsets (image i's rows are
+    boxes[offsets[i]:offsets[i + 1]]), so a batch's rows are a few gathers. Host synchronisations: a
+    training batch (or a validation one under torchrun) reads its row count (one per batch, to size the
+    gather), and an augmented one its kept boxes (one more); a validation batch on one process none."""
+
+    def __init__(self, images: torch.Tensor, boxes: torch.Tensor, batch_size: int, mean, std,
+                 train: bool, augment: bool = False, seed: int = 0, image_size: Optional[int] = None,
+                 rank: int = 0, world: int = 1):
+        super().__init__(images, boxes, batch_size, mean, std, train, augment, seed, image_size, rank, world)
+        n, (h, w) = images.shape[0], images.shape[-2:]
+        self.size = (self.resize_to, self.resize_to) if self.resize_to else (h, w)  # px of the images yielded
+        self.pad = self.size[1] // 8
+        boxes = boxes.to(images.device, torch.float32)
+        boxes = boxes.index_select(0, boxes[:, 0].argsort(stable=True))  # by image, in their own order
+        self.boxes = self.labels = scale_boxes(boxes, h, w, self.size[1]) if self.resize_to else boxes
+        counts = torch.bincount(self.boxes[:, 0].long(), minlength=n)
+        self.offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])  # (N + 1,) on the device
+        self.host_offsets = self.offsets.tolist()  # for consecutive images: no device read per batch
+        self.names: Optional[list] = None  # the classes' names (no background), set by the builder
+        self._dropped = torch.zeros((), dtype=torch.long, device=images.device)
+
+    @property
+    def dropped_boxes(self) -> int:
+        """Boxes this process's augmentation cropped away (under 1 px left) since the loader was made."""
+        return int(self._dropped)
+
+    def _rows(self, idx) -> torch.Tensor:
+        """The boxes of images idx, (M, 6), with column 0 their position in idx."""
+        if isinstance(idx, slice):  # consecutive images: one slice of the rows
+            first, last = idx.start, min(idx.stop, self.images.shape[0])
+            y = self.boxes[self.host_offsets[first]:self.host_offsets[last]].clone()
+            y[:, 0] -= first
+            return y
+        starts = self.offsets.index_select(0, idx)
+        counts = self.offsets.index_select(0, idx + 1) - starts  # (B,) boxes per image
+        total = int(counts.sum())  # the batch's host synchronisation: how many rows
+        position = torch.repeat_interleave(torch.arange(len(idx), device=idx.device), counts, output_size=total)
+        before = counts.cumsum(0) - counts  # rows of the earlier images of the batch
+        rows = starts[position] + torch.arange(total, device=idx.device) - before[position]
+        y = self.boxes.index_select(0, rows)
+        y[:, 0] = position.to(y.dtype)
+        return y
+
+    def _batch(self, idx, draws) -> Batch:
+        x, y = _take(self.images, idx), self._rows(idx)
+        if self.resize_to:
+            x = resize_uint8(x, self.resize_to)
+        if draws is not None:
+            x = random_crop_flip(x, self.pad, None, draws)
+            y, keep = crop_flip_boxes(y, self.pad, *self.size, draws)
+            self._dropped += (~keep).sum()
+            y = y[keep]  # an augmented batch's second host synchronisation
+        return self.normalize(x), y
+
+    def preview(self, n: int = 8) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The first n images of the split, whatever the rank, as the model sees them but not
+        normalised: (n, C, H, W) uint8 and their boxes (M, 6), column 0 the image 0..n-1. For TensorBoard."""
+        x = self.images[:n]
+        if self.resize_to:
+            x = resize_uint8(x, self.resize_to)
+        return x, self._rows(slice(0, len(x)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Both splits at once
+# ---------------------------------------------------------------------------------------------
+
+_LOADERS = {"labels": InMemoryLoader, "masks": SegmentationLoader, "boxes": DetectionLoader}
+
+
 def in_memory_loaders(x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor, y_va: torch.Tensor,
                       conf, device: torch.device, seed: int, image_size: int, rank: int = 0, world: int = 1,
-                      masks: bool = False):
+                      targets: str = "labels"):
     """Training and validation loaders over uint8 images (N, C, H, W) on the CPU and their targets:
-    (N,) labels (InMemoryLoader) or, with masks=True, (N, H, W) masks (SegmentationLoader). The
-    images (and masks) are resized to image_size once, up front, when the result fits
-    PRERESIZE_LIMIT_BYTES (else each batch as it is cut), then moved to the device. conf: a
-    DatasetConf (batch_size, mean, std, augment, name). Raises CnnbenchError when the training
-    split has fewer images than one batch (on each process)."""
+    targets="labels": (N,) labels (InMemoryLoader); "masks": (N, H, W) masks (SegmentationLoader);
+    "boxes": (M, 6) boxes [image, class, x1, y1, x2, y2] in px of the images (DetectionLoader). The
+    images (and masks, and boxes) are resized to image_size once, up front, when the result fits
+    PRERESIZE_LIMIT_BYTES (else each batch as it is cut: the loader scales the boxes once), then moved
+    to the device. conf: a DatasetConf (batch_size, mean, std, augment, name). Raises CnnbenchError when
+    the training split has fewer images than one batch (on each process)."""
+    masks = targets == "masks"
     per_image = (x_tr.shape[1] + masks) * image_size * image_size  # the image's channels (and the mask)
     if x_tr.shape[-1] != image_size and (len(x_tr) + len(x_va)) * per_image <= PRERESIZE_LIMIT_BYTES:
+        if targets == "boxes":
+            (h, w), (hv, wv) = x_tr.shape[-2:], x_va.shape[-2:]
+            y_tr, y_va = scale_boxes(y_tr, h, w, image_size), scale_boxes(y_va, hv, wv, image_size)
         x_tr, x_va = resize_uint8(x_tr, image_size), resize_uint8(x_va, image_size)
         if masks:
             y_tr, y_va = resize_masks(y_tr, image_size), resize_masks(y_va, image_size)
     x_tr, y_tr, x_va, y_va = (t.to(device) for t in (x_tr, y_tr, x_va, y_va))
-    loader = SegmentationLoader if masks else InMemoryLoader
+    loader = _LOADERS[targets]
     common = dict(batch_size=conf.batch_size, mean=conf.mean, std=conf.std, seed=seed,
                   image_size=image_size, rank=rank, world=world)
     train = loader(x_tr, y_tr, train=True, augment=conf.augment, **common)
@@ -226,4 +341,9 @@ def in_memory_loaders(x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor
 
 def segmentation_loaders(x_tr, m_tr, x_va, m_va, conf, device, seed, image_size, rank=0, world=1):
     """in_memory_loaders over images and (N, H, W) masks: SegmentationLoaders."""
-    return in_memory_loaders(x_tr, m_tr, x_va, m_va, conf, device, seed, image_size, rank, world, masks=True)
+    return in_memory_loaders(x_tr, m_tr, x_va, m_va, conf, device, seed, image_size, rank, world, targets="masks")
+
+
+def detection_loaders(x_tr, b_tr, x_va, b_va, conf, device, seed, image_size, rank=0, world=1):
+    """in_memory_loaders over images and their (M, 6) boxes in px of the images: DetectionLoaders."""
+    return in_memory_loaders(x_tr, b_tr, x_va, b_va, conf, device, seed, image_size, rank, world, targets="boxes")

@@ -1,5 +1,5 @@
 """fashion_scenes: Fashion-MNIST items scattered on black canvases, with a class per pixel and a box
-per item; a segmentation (and, next, detection) dataset made from files already on most machines.
+per item; a segmentation and detection dataset made from files already on most machines.
 In the spirit of M2NIST and MultiMNIST (MNIST digits composited on one canvas).
 
 How a canvas is made (the constants below):
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnbench.data.memory import IGNORE, segmentation_loaders
+from cnnbench.data.memory import IGNORE, detection_loaders, segmentation_loaders
 from cnnbench.errors import CnnbenchError
 
 LOW, HIGH = 16, 48  # item intensity (0-255): <= LOW: not the item; >= HIGH: the item; between: ignored
@@ -190,9 +190,11 @@ def _scenes(root: Path, download: bool, seed: int, canvas: int, max_items: int, 
     return _CACHE[key]
 
 
-def check_config(conf) -> None:
+def check_config(conf, task: str = "segmentation") -> None:
     """The settings of dataset=fashion_scenes that cannot work, refused with the fix (run.validate
-    calls this before any work; the builder again, for callers of build_data)."""
+    calls this before any work; the builder again, for callers of build_data). task: the model's;
+    detection takes the 10 Fashion-MNIST classes whatever dataset.num_classes says (its 11 counts the
+    segmentation masks' background)."""
     if conf.canvas < 2 * MIN_SIDE:
         raise CnnbenchError(f"dataset.canvas={conf.canvas} px is too small for Fashion-MNIST items of at least "
                             f"{MIN_SIDE} px. Set dataset.canvas={2 * MIN_SIDE} or more (the default is 96).")
@@ -202,7 +204,7 @@ def check_config(conf) -> None:
     if conf.in_channels != 1:
         raise CnnbenchError(f"Dataset 'fashion_scenes' has 1-channel images but dataset.in_channels="
                             f"{conf.in_channels}. Remove the override.")
-    if (11 if conf.num_classes is None else conf.num_classes) < 11:
+    if task == "segmentation" and (11 if conf.num_classes is None else conf.num_classes) < 11:
         raise CnnbenchError(f"dataset.num_classes={conf.num_classes}, but the masks of dataset=fashion_scenes go up "
                             f"to 10: 11 classes (background and the 10 Fashion-MNIST classes). Leave "
                             f"dataset.num_classes at its default (11).")
@@ -211,7 +213,7 @@ def check_config(conf) -> None:
 def build_fashion_scenes(conf, device: torch.device, seed: int, image_size: int, rank: int = 0, world: int = 1):
     """Training and validation SegmentationLoaders over generated Fashion-MNIST scenes, and their
     DataInfo. conf: a DatasetConf (canvas, max_items, train_size, val_size, ...). The loaders'
-    `boxes` hold one box per item (module docstring) for detection."""
+    `boxes` hold one box per item (module docstring); build_fashion_scenes_detection serves them."""
     from cnnbench.data import DataInfo
 
     check_config(conf)
@@ -226,15 +228,41 @@ def build_fashion_scenes(conf, device: torch.device, seed: int, image_size: int,
     names = ["background"] + scenes["names"]
     names += [str(i) for i in range(len(names), n_classes)]
 
-    def canvases_with(n, b):  # canvases holding each class: background in all
-        has = torch.zeros(n, 10, dtype=torch.bool)
-        has[b[:, 0].long(), b[:, 1].long()] = True
-        return [n] + has.sum(0).tolist() + [0] * (n_classes - 11)
-
-    counts = canvases_with(n_train, b_tr), canvases_with(n_val, b_va)
+    counts = [[n] + canvases_with(n, b) + [0] * (n_classes - 11)  # canvases holding each class: background in all
+              for n, b in ((n_train, b_tr), (n_val, b_va))]
     classes = [{"index": i, "name": name, "train_images": counts[0][i], "val_images": counts[1][i]}
                for i, name in enumerate(names)]
     held = sum(t.numel() * t.element_size() for t in (train.images, train.masks, train.boxes,
                                                        val.images, val.masks, val.boxes))
     return train, val, DataInfo(n_classes, 1, image_size, n_train, n_val, f"generated from {scenes['source']}",
                                 held, classes, train.num_samples, task="segmentation", ignore_index=IGNORE)
+
+
+def build_fashion_scenes_detection(conf, device: torch.device, seed: int, image_size: int, rank: int = 0,
+                                   world: int = 1):
+    """Training and validation DetectionLoaders over the same generated scenes as build_fashion_scenes
+    (the same seed, the same canvases): their boxes, one per item, classes 0-9 (the Fashion-MNIST
+    classes; detection has no background class, so num_classes is 10 whatever dataset.num_classes
+    says: its default 11 counts the segmentation masks' background). And their DataInfo."""
+    from cnnbench.data import DataInfo
+
+    check_config(conf, "detection")
+    n_train, n_val = conf.train_size or DEFAULT_TRAIN, conf.val_size or DEFAULT_VAL
+    scenes = _scenes(Path(conf.root).expanduser(), conf.download, seed, conf.canvas, conf.max_items, n_train, n_val)
+    (x_tr, _, b_tr), (x_va, _, b_va) = scenes["train"], scenes["val"]
+    train, val = detection_loaders(x_tr, b_tr, x_va, b_va, conf, device, seed, image_size, rank, world)
+    train.names = val.names = list(scenes["names"])
+    counts = canvases_with(n_train, b_tr), canvases_with(n_val, b_va)
+    classes = [{"index": i, "name": name, "train_images": counts[0][i], "val_images": counts[1][i]}
+               for i, name in enumerate(train.names)]
+    held = sum(t.numel() * t.element_size() for t in (train.images, train.boxes, val.images, val.boxes))
+    notes = {"boxes": {"train": len(b_tr), "val": len(b_va)}}
+    return train, val, DataInfo(10, 1, image_size, n_train, n_val, f"generated from {scenes['source']}", held,
+                                classes, train.num_samples, task="detection", notes=notes)
+
+
+def canvases_with(n: int, boxes: torch.Tensor) -> list:
+    """How many of n canvases hold each of the 10 classes, from their boxes (M, 6)."""
+    has = torch.zeros(n, 10, dtype=torch.bool)
+    has[boxes[:, 0].long(), boxes[:, 1].long()] = True
+    return has.sum(0).tolist()

@@ -8,7 +8,8 @@
 The training loop (engine.py), the run (run.py) and the report (report.py) call only what `Task`
 declares below, so a task adds a file here and its name to TASKS, and no branch anywhere else.
 Targets are whatever the task's datasets yield: a (B,) tensor of labels, a (B, H, W) mask, or
-(detection) a list of per-image boxes; the loop never looks inside them.
+(detection) an (M, 6) tensor of the batch's boxes [image, class, x1, y1, x2, y2]; the loop never
+looks inside them.
 """
 
 from typing import Any, Dict, List, Optional
@@ -87,6 +88,18 @@ class Task:
         """A loss for timing a training step without data (cnnbench profile): any target will do."""
         raise NotImplementedError
 
+    def macs_note(self, options: Dict[str, Any]) -> Optional[str]:
+        """What a run's MACs count, where it is not a fixed cost of the network (results.json's
+        macs_note; options: the model's). None: the MACs are the network's at the input size."""
+        return None
+
+    def cost_forward(self, model: nn.Module, x: torch.Tensor) -> Any:
+        """The forward pass that cnnbench's cost measurements run (MACs, activation bytes, profile
+        timings) on a batch x (B, C, H, W) without targets, in the model's current mode. A
+        classifier or a segmenter: model(x); a detector takes a list of images, and in training
+        made-up targets."""
+        return model(x)
+
     def is_better(self, value: float, best: Optional[float]) -> bool:
         return best is None or (value > best if self.higher_is_better else value < best)
 
@@ -119,9 +132,10 @@ def percent(x: Optional[float]) -> str:
 def get_task(name: str) -> Task:
     """The task of that name; KeyError for an unknown one (models and datasets name only these)."""
     from cnnbench.tasks.classification import CLASSIFICATION
+    from cnnbench.tasks.detection import DETECTION
     from cnnbench.tasks.segmentation import SEGMENTATION
 
-    return {t.name: t for t in (CLASSIFICATION, SEGMENTATION)}[name]
+    return {t.name: t for t in (CLASSIFICATION, SEGMENTATION, DETECTION)}[name]
 
 
-TASK_NAMES: List[str] = ["classification", "segmentation"]
+TASK_NAMES: List[str] = ["classification", "segmentation", "detection"]
