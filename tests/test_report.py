@@ -880,7 +880,7 @@ def test_report_has_each_task_s_plots(tmp_path, real_plots):
 def test_a_run_of_a_task_this_version_does_not_know_is_skipped(tmp_path, capsys):
     write_run(tmp_path, "known", "segmentation")
     (tmp_path / "future").mkdir()
-    (tmp_path / "future" / "results.json").write_text(json.dumps({**make_result("segmentation"), "task": "detection"}))
+    (tmp_path / "future" / "results.json").write_text(json.dumps({**make_result("segmentation"), "task": "tracking"}))
 
     assert [r["task"] for r in load_rows([str(tmp_path)])] == ["segmentation"]
-    assert "future/results.json: task 'detection' is not one this cnnbench compares" in capsys.readouterr().err
+    assert "future/results.json: task 'tracking' is not one this cnnbench compares" in capsys.readouterr().err

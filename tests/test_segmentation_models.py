@@ -47,8 +47,11 @@ def one_step(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 # --- registry ------------------------------------------------------------------------------------
 
 def test_registered_as_segmenters_in_publication_order():
-    """FCN (CVPR 2015), U-Net (MICCAI 2015), SegNet (TPAMI 2017), after the classifiers."""
-    assert list_models()[-5:] == SEGMENTERS
+    """FCN (CVPR 2015), U-Net (MICCAI 2015), SegNet (TPAMI 2017), after the classifiers and before
+    the detectors."""
+    tasks = [get_model_info(n).task for n in list_models()]
+    assert tasks == sorted(tasks, key=["classification", "segmentation", "detection"].index)
+    assert [n for n in list_models() if get_model_info(n).task == "segmentation"] == SEGMENTERS
     for name in SEGMENTERS:
         info = get_model_info(name)
         assert info.task == "segmentation" and info.options  # and conf/model/NAME.yaml: tests/test_zoo.py
