@@ -56,6 +56,7 @@ SAME_OUTPUTS = {"alexnet_tv": 63, "vgg11_bn": 32, "googlenet": 32, "densenet121"
 SMALL_STEM = ["vgg11_bn", "densenet121", "mobilenet_v1", "mobilenet_v2", "resnet18"]
 
 
+TASK_TESTS = "test_segmentation_models.py, test_detection.py, test_ssd.py"  # where the other tasks' models are
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest.one_thread)
 
 
@@ -106,7 +107,7 @@ def test_every_registered_model_has_a_parameter_count_here():
 @pytest.mark.parametrize("name", list_models())
 def test_parameter_count(name):
     if not classifier(name):
-        pytest.skip("not a classifier: its count is in test_segmentation_models.py")
+        pytest.skip(f"not a classifier: its count is in its task's tests ({TASK_TESTS})")
     assert n_params(meta_model(name)) == PARAMS[name]
 
 
@@ -149,7 +150,7 @@ FORWARD_IDS = [f"{n}{'-small' if o else ''}" for n, o in FORWARD_CASES]
 @pytest.mark.parametrize("name, options", FORWARD_CASES, ids=FORWARD_IDS)
 def test_forward_backward_at_min_size(name, options):
     if not classifier(name):
-        pytest.skip("not a classifier: its output is (B, classes, H', W'), checked in test_segmentation_models.py")
+        pytest.skip(f"not a classifier: its output is checked in its task's tests ({TASK_TESTS})")
     torch.manual_seed(0)
     info = get_model_info(name)
     size = info.min_input(**options)
