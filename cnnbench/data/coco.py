@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cnnbench.data.folder import decoded
 from cnnbench.data.memory import detection_loaders
 from cnnbench.errors import CnnbenchError
 
@@ -136,23 +137,14 @@ def _boxes(coco, path: Path, images: List[dict], class_of: Dict[int, int], count
     return np.array(rows, dtype=np.float32).reshape(-1, 6)
 
 
-def _open(path: Path, channels: int) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB" if channels == 3 else "L")
-    except OSError as e:  # truncated, corrupt, not an image (UnidentifiedImageError is an OSError)
-        raise CnnbenchError(f"{path} cannot be read as an image ({type(e).__name__}: {' '.join(str(e).split())}). "
-                            f"Copy it again, or delete its entry (and annotations) from the json.") from None
-
-
 def _read_image(folder: Path, path: Path, image: dict, size: int, channels: int) -> np.ndarray:
     """One image, (channels, size, size) uint8, squashed; checked against the json's width and height."""
     file = folder / image["file_name"]
     if not file.is_file():
         raise CnnbenchError(f"{file} is missing: image {image['id']} of {path}. Copy the image into {folder}, or "
                             f"delete its entry (and its annotations) from the json.")
-    im = _open(file, channels)
+    im = decoded(file, "Copy it again, or delete its entry (and annotations) from the json.").convert(
+        "RGB" if channels == 3 else "L")
     if im.size != (image["width"], image["height"]):
         raise CnnbenchError(f"{file} is {im.size[0]} x {im.size[1]} px but {path} says {image['width']} x "
                             f"{image['height']}: its boxes are drawn for the latter and would land elsewhere. "

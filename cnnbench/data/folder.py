@@ -109,6 +109,19 @@ def load_image(path: str, channels: int) -> Image.Image:
         return to_8bit(upright, im).convert("RGB" if channels == 3 else "L")
 
 
+def decoded(path, fix: str) -> Image.Image:
+    """The image at path, decoded as stored (no EXIF rotation: masks and boxes were drawn on the
+    stored pixels); CnnbenchError naming the file and `fix` (what to do) when it cannot be:
+    truncated, corrupt, not an image (PIL's UnidentifiedImageError is an OSError)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im
+    except OSError as e:
+        raise CnnbenchError(f"{path} cannot be read as an image ({type(e).__name__}: {' '.join(str(e).split())}). "
+                            f"{fix}") from None
+
+
 def draw_seed(seed: int, epoch: int, index: int) -> int:
     """The seed of one image's random transforms in one epoch: a function of (seed, epoch, index)
     alone, well mixed (NumPy's SeedSequence), 64 bits."""

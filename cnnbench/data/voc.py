@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cnnbench.data.folder import decoded
 from cnnbench.data.memory import IGNORE, segmentation_loaders
 from cnnbench.errors import CnnbenchError
 
@@ -77,19 +78,6 @@ def _ids(folder: Path, split: str) -> List[str]:
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
-def _open(path: Path, image_id: str) -> Image.Image:
-    """The image at path, decoded; CnnbenchError naming it when it cannot be (truncated, corrupt, not
-    an image: PIL's UnidentifiedImageError is an OSError)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im
-    except OSError as e:
-        raise CnnbenchError(f"{path} cannot be read as an image ({type(e).__name__}: {' '.join(str(e).split())}). "
-                            f"Extract it again from the VOC archive, or remove id {image_id!r} from "
-                            f"ImageSets/Segmentation.") from None
-
-
 def _read(folder: Path, image_id: str, size: int, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
     """One image (3, size, size) uint8 and its mask (size, size) uint8, checked."""
     image_path = folder / "JPEGImages" / f"{image_id}.jpg"
@@ -99,8 +87,9 @@ def _read(folder: Path, image_id: str, size: int, num_classes: int) -> Tuple[np.
             raise CnnbenchError(f"{path} is missing: the {what} of id {image_id!r}, listed in ImageSets/Segmentation. "
                                 f"Restore the file, or remove the id from the list.")
     # No EXIF rotation: the masks were drawn on the pixels as stored
-    image = _open(image_path, image_id).convert("RGB")
-    mask = _open(mask_path, image_id)
+    fix = f"Extract it again from the VOC archive, or remove id {image_id!r} from ImageSets/Segmentation."
+    image = decoded(image_path, fix).convert("RGB")
+    mask = decoded(mask_path, fix)
     if mask.mode not in ("P", "L"):  # an RGB rendering of the palette holds colours, not class indices
         raise CnnbenchError(f"{mask_path} has PIL mode {mask.mode}; a VOC mask is a palette ('P') or grey ('L') PNG "
                             f"whose pixel values are class indices. Save it as a palette PNG (as VOC ships "
