@@ -82,3 +82,34 @@ def test_faster_rcnn_has_the_papers_parameters():
         model = create_model("faster_rcnn", num_classes=20, in_channels=3)
     parts = [14_714_688, 2_359_808, 4_617, 18_468, 102_764_544, 16_781_312, 86_037, 344_148]
     assert sum(p.numel() for p in model.parameters()) == sum(parts) == 137_073_622
+
+
+@pytest.mark.parametrize("name, options, size", [("faster_rcnn", {"backbone": "mobilenet_v2"}, 64),
+                                                 ("ssd300", {}, 268)])
+def test_a_detectors_macs_are_the_sum_over_its_layers(name, options, size):
+    """measure's count of a detector (on the CPU: its proposals depend on the image) against the
+    textbook count of the same forward: a convolution (output elements) x (in channels / groups) x
+    kh x kw multiply-adds, a fully connected layer (rows) x in x out; RoI pooling, NMS and the box
+    decoding none."""
+    from cnnbench.measure import count_macs_of
+    from cnnbench.models import create_model
+    from cnnbench.tasks import get_task
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_channels=3, **options).eval()
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    total = []
+
+    def hook(m, inputs, out):
+        if isinstance(m, torch.nn.Linear):
+            total.append(inputs[0].numel() * m.out_features)
+        else:
+            total.append(out.numel() * m.in_channels // m.groups * m.weight.shape[2] * m.weight.shape[3])
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        get_task("detection").cost_forward(model, x)
+    for h in handles:
+        h.remove()
+    assert count_macs_of(model, (3, size, size), get_task("detection").cost_forward, x) == sum(total)

@@ -383,3 +383,34 @@ def test_freezing_the_backbone_trains_everything_after_the_encoder(name, trained
     weights.freeze_backbone(model, weights.final_layers(build, (3, 32, 32)))
     for key, p in model.named_parameters():
         assert p.requires_grad == key.startswith(trained), key
+
+
+@pytest.mark.parametrize("name, options", [("fcn8s", {}), ("unet", {}), ("unet", {"padding": "same"}), ("segnet", {})])
+def test_macs_are_the_sum_over_layers_of_output_size_times_kernel(name, options):
+    """MACs counted by torch's flop counter (measure.count_macs) against the textbook count,
+    layer by layer: a convolution does (output elements) x (in channels / groups) x kh x kw
+    multiply-adds, a transposed one (input elements) x (out channels / groups) x kh x kw. FCN-8s's
+    fixed final up-sampling (a buffer, not a module: Long et al. 2015, section 4.3) is a grouped
+    16 x 16 transposed convolution on the fused stride-8 scores, counted the same way by hand."""
+    from cnnbench.measure import count_macs
+
+    size = 188 if name == "unet" and not options else 64
+    model = on_meta(name, num_classes=5, in_channels=3, **options).eval()
+    total, shapes = [], {}
+
+    def hook(m, inputs, out):
+        k = m.weight.shape[2] * m.weight.shape[3]
+        if isinstance(m, nn.ConvTranspose2d):
+            total.append(inputs[0].numel() * m.out_channels // m.groups * k)
+            shapes[m] = out.shape
+        else:
+            total.append(out.numel() * m.in_channels // m.groups * k)
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            m.register_forward_hook(hook)
+    model(torch.empty(1, 3, size, size, device="meta"))
+    if name == "fcn8s":  # its input is upscore_pool4's output (plus the pool3 scores): 1 channel per group
+        total.append(shapes[model.upscore_pool4].numel() * 16 * 16)
+    build = lambda: create_model(name, num_classes=5, in_channels=3, **options)  # noqa: E731
+    assert count_macs(build, (3, size, size)) == sum(total)
