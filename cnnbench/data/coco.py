@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 
 from cnnbench.data.folder import decoded
-from cnnbench.data.memory import detection_loaders
+from cnnbench.data.memory import detection_loaders, images_holding
 from cnnbench.errors import CnnbenchError
 
 log = logging.getLogger("cnnbench")
@@ -223,7 +223,7 @@ def build_coco_detection(conf, device: torch.device, seed: int, image_size: int,
                                    image_size, rank, world)
     names = tr["names"] + [str(i) for i in range(k, n_classes)]
     train.names = val.names = names
-    counts = [_images_with(s["boxes"], len(s["images"]), n_classes) for s in (tr, va)]
+    counts = [images_holding(s["boxes"], len(s["images"]), n_classes) for s in (tr, va)]
     classes = [{"index": i, "name": name, "train_images": counts[0][i], "val_images": counts[1][i]}
                for i, name in enumerate(names)]
     notes = {what: {"train": tr["counts"][what], "val": va["counts"][what]} for what in tr["counts"]}
@@ -232,12 +232,6 @@ def build_coco_detection(conf, device: torch.device, seed: int, image_size: int,
     held = sum(t.numel() * t.element_size() for t in (train.images, train.boxes, val.images, val.boxes))
     return train, val, DataInfo(n_classes, conf.in_channels, image_size, len(tr["images"]), len(va["images"]),
                                 str(root), held, classes, train.num_samples, task="detection", notes=notes)
-
-
-def _images_with(boxes: torch.Tensor, n: int, n_classes: int) -> List[int]:
-    has = torch.zeros(n, n_classes, dtype=torch.bool)
-    has[boxes[:, 0].long(), boxes[:, 1].long()] = True
-    return has.sum(0).tolist()
 
 
 def _log_notes(notes: dict, *paths: Optional[Path]) -> None:

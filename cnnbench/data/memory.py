@@ -300,6 +300,14 @@ class DetectionLoader(InMemoryLoader):
         return x, self._rows(slice(0, len(x)))
 
 
+def images_holding(boxes: torch.Tensor, n: int, n_classes: int) -> list:
+    """How many of n images hold each class, from their boxes (M, 6) [image, class, ...]: the
+    per-class counts DataInfo.classes gives."""
+    has = torch.zeros(n, n_classes, dtype=torch.bool)
+    has[boxes[:, 0].long(), boxes[:, 1].long()] = True
+    return has.sum(0).tolist()
+
+
 # ---------------------------------------------------------------------------------------------
 # Both splits at once
 # ---------------------------------------------------------------------------------------------

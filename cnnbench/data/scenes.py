@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnbench.data.memory import IGNORE, detection_loaders, segmentation_loaders
+from cnnbench.data.memory import IGNORE, detection_loaders, images_holding, segmentation_loaders
 from cnnbench.errors import CnnbenchError
 
 LOW, HIGH = 16, 48  # item intensity (0-255): <= LOW: not the item; >= HIGH: the item; between: ignored
@@ -228,7 +228,7 @@ def build_fashion_scenes(conf, device: torch.device, seed: int, image_size: int,
     names = ["background"] + scenes["names"]
     names += [str(i) for i in range(len(names), n_classes)]
 
-    counts = [[n] + canvases_with(n, b) + [0] * (n_classes - 11)  # canvases holding each class: background in all
+    counts = [[n] + images_holding(b, n, 10) + [0] * (n_classes - 11)  # canvases holding each class: background in all
               for n, b in ((n_train, b_tr), (n_val, b_va))]
     classes = [{"index": i, "name": name, "train_images": counts[0][i], "val_images": counts[1][i]}
                for i, name in enumerate(names)]
@@ -252,17 +252,10 @@ def build_fashion_scenes_detection(conf, device: torch.device, seed: int, image_
     (x_tr, _, b_tr), (x_va, _, b_va) = scenes["train"], scenes["val"]
     train, val = detection_loaders(x_tr, b_tr, x_va, b_va, conf, device, seed, image_size, rank, world)
     train.names = val.names = list(scenes["names"])
-    counts = canvases_with(n_train, b_tr), canvases_with(n_val, b_va)
+    counts = images_holding(b_tr, n_train, 10), images_holding(b_va, n_val, 10)
     classes = [{"index": i, "name": name, "train_images": counts[0][i], "val_images": counts[1][i]}
                for i, name in enumerate(train.names)]
     held = sum(t.numel() * t.element_size() for t in (train.images, train.boxes, val.images, val.boxes))
     notes = {"boxes": {"train": len(b_tr), "val": len(b_va)}}
     return train, val, DataInfo(10, 1, image_size, n_train, n_val, f"generated from {scenes['source']}", held,
                                 classes, train.num_samples, task="detection", notes=notes)
-
-
-def canvases_with(n: int, boxes: torch.Tensor) -> list:
-    """How many of n canvases hold each of the 10 classes, from their boxes (M, 6)."""
-    has = torch.zeros(n, 10, dtype=torch.bool)
-    has[boxes[:, 0].long(), boxes[:, 1].long()] = True
-    return has.sum(0).tolist()
