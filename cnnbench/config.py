@@ -103,11 +103,17 @@ class ModelConf:
     aux_logits: Optional[bool] = None  # GoogLeNet: the two auxiliary classifiers (training only)
     conv_impl: Optional[str] = None  # LeNet-5: torch (cuDNN/oneDNN) | im2col (the textbook reference)
     padding: Optional[str] = None  # U-Net: valid (unpadded 3x3 convs, as in the paper) | same (output at input size)
-    backbone: Optional[str] = None  # faster_rcnn: the zoo network it detects with: vgg16 (the paper) | resnet50
-    #                                 | mobilenet_v2
+    backbone: Optional[str] = None  # faster_rcnn, fast_rcnn: the zoo network it detects with: vgg16 (the paper)
+    #                                 | resnet50 | mobilenet_v2; rcnn: any zoo classifier (alexnet, the paper's)
     anchor_sizes: Optional[List[float]] = None  # faster_rcnn: anchor scales, fractions of the image's shorter side
     anchor_ratios: Optional[List[float]] = None  # faster_rcnn: anchor aspect ratios, height / width
-    proposals: Optional[int] = None  # faster_rcnn: region proposals kept per image in evaluation (the paper: 300)
+    proposals: Optional[int] = None  # faster_rcnn: region proposals kept per image in evaluation (the paper: 300);
+    #                                  rcnn, fast_rcnn: Selective Search boxes kept per image (the papers: ~2,000)
+    search: Optional[str] = None  # rcnn, fast_rcnn: Selective Search mode: fast (the papers') | quality
+    warp: Optional[int] = None  # rcnn: px each proposal is warped to (null: the backbone's input size, 227 for AlexNet)
+    grid: Optional[int] = None  # yolo_v1: S, cells a side (null: 7, the paper's; fewer on canvases under 112 px)
+    boxes: Optional[int] = None  # yolo_v1: B, boxes predicted per cell (the paper: 2)
+    width: Optional[float] = None  # yolo_v1: x the paper's channels and fc width (1.0: the paper's)
     # Networks from outside the zoo (cnnbench/models/external.py)
     target: Optional[str] = None  # model=custom: MODULE.NAME of an nn.Module class or a function returning one
     arch: Optional[str] = None  # model=torchvision | timm: the library's name for the network (convnext_tiny)

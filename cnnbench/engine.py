@@ -229,10 +229,12 @@ def _fold_window(state: EpochState) -> None:
 def evaluate(model: nn.Module, loader: Iterable, step: StepConfig) -> dict:
     """The task's evaluation figures over the loader (its first step.max_eval_steps batches when
     set), in evaluation mode, summed over torchrun's processes: classification's loss, top-1 and
-    top-5 error (fractions, 0-1); segmentation's loss, mIoU, pixel accuracy, ...; and the number
-    of images they cover."""
+    top-5 error (fractions, 0-1); segmentation's loss, mIoU, pixel accuracy, ...; detection's
+    COCO figures and what inference cost (task.evaluation_costs); and the number of images they
+    cover."""
     model.eval()
     meter = step.task.meter(step.num_classes, step.device, step.ignore_index, step.class_names)
+    step.task.start_evaluation(model)
     for i, (x, y) in enumerate(loader):
         if i == step.max_eval_steps > 0:
             break
@@ -241,4 +243,4 @@ def evaluate(model: nn.Module, loader: Iterable, step: StepConfig) -> dict:
         with _autocast(step):
             output = step.task.predict(model, x)
         meter.update(output, y)
-    return meter.compute()
+    return {**meter.compute(), **step.task.evaluation_costs(model, step.device)}

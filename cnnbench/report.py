@@ -1,6 +1,7 @@
 """Comparison tables and the report: every results.json below some folders, as terminal tables,
 a CSV, Markdown tables, and a report (Markdown and self-contained HTML) with plots; one table and
-one set of plots per task (classification, segmentation), each from what its Task declares.
+one set of plots per task (classification, segmentation, detection), each from what its Task
+declares.
 
     cnnbench compare                      # every run below outputs/
     cnnbench compare outputs/2024-05-01 multirun/ --out reports/
@@ -48,8 +49,9 @@ DEFAULT_PATHS = ["outputs"]  # where Hydra puts runs unless told otherwise
 
 # CSV columns, in order: raw values from results.json (units as written there: counts, MACs per
 # image, bytes, images/s, errors, IoU and accuracies as fractions 0-1), plus `run`, `gmacs` and
-# `path`; every task's figures (Task.figures) after train_images_per_s, empty where a run's task
-# has none (csv_columns()).
+# `path`; every task's figures (Task.figures), then its costs (Task.costs: inference images/s,
+# proposals per image, ...) after train_images_per_s, empty where a run's task has none
+# (csv_columns()).
 CSV_COLUMNS = (
     "run", "task", "model", "dataset", "optimizer", "seed", "status", "epochs",
     "params", "trainable_params", "macs", "gmacs", "flops",
@@ -58,7 +60,7 @@ CSV_COLUMNS = (
 )
 
 # Columns that vary from seed to seed: a group of seeds always shows them as mean ± std (with
-# every task's figures: measured()).
+# every task's figures and costs: measured()).
 MEASURED = ("peak_memory_bytes", "train_images_per_s", "loss", "best_epoch", "wall_time_s")
 
 
@@ -71,15 +73,31 @@ def task_figures() -> dict[str, str]:
     return {k: header for name in TASK_NAMES for k, header in get_task(name).figures.items()}
 
 
+# What only some tasks declare, and what a task that does not declare it has: figures that are no
+# fractions (costs, key -> column header: Detection's inference images/s, proposals and CNN passes
+# per image), those of them in its table (cost_columns, each where some run has it), what the
+# table's caption says of them (costs_caption), and the key of its inference images/s
+# (inference_speed), for the plot of its score against inference time.
+@functools.cache
+def task_costs() -> dict[str, str]:
+    """Every task's costs, results.json key -> column header (Task.costs), in TASK_NAMES order: raw
+    numbers (images/s, counts, seconds), not fractions."""
+    from cnnbench.tasks import TASK_NAMES, get_task
+
+    return {k: header for name in TASK_NAMES for k, header in get_task(name).costs.items()}
+
+
 def csv_columns() -> tuple[str, ...]:
-    """CSV_COLUMNS with every task's figures after train_images_per_s."""
+    """CSV_COLUMNS with every task's figures, then its costs, after train_images_per_s."""
     at = CSV_COLUMNS.index("train_images_per_s") + 1
-    return (*CSV_COLUMNS[:at], *task_figures(), *CSV_COLUMNS[at:])
+    return (*CSV_COLUMNS[:at], *task_figures(), *task_costs(), *CSV_COLUMNS[at:])
 
 
 def measured() -> tuple[str, ...]:
-    """MEASURED and every task's figures."""
-    return (*MEASURED, *task_figures())
+    """MEASURED and every task's figures and costs."""
+    return (*MEASURED, *task_figures(), *task_costs())
+
+
 DEFAULT_TASK = "classification"  # the task of a results.json without a "task" key (written before tasks)
 
 MISSING = object()  # a dotted config key that a run's config does not have
@@ -465,6 +483,14 @@ def _number(key: str, spec: str, scale: float = 1.0) -> Callable[[dict[str, Any]
     return _with_std(key, lambda v: _fmt(v, spec, scale))
 
 
+def _significant(value: Any) -> str:
+    """A rate, count or time as measured: from 100 on whole, with separators (1,234), below it to 3
+    significant digits (12.3, 0.0512: an R-CNN's images/s on a CPU); NULL for null."""
+    if not _is_number(value):
+        return _fmt(value, "")
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def _peak_mem(r: dict[str, Any]) -> str:
     # CUDA max-allocated counts tensors only; process RSS counts the whole Python process, so a
     # CPU run's figure is not comparable with a GPU run's: mark it.
@@ -519,10 +545,11 @@ COLUMNS: dict[str, Column] = {
 @functools.cache
 def known_columns() -> dict[str, Column]:
     """Every column by name: COLUMNS, with every task's figures (task_figures(): percent of a
-    fraction, 2 decimals) after img/s."""
+    fraction, 2 decimals) and then its costs (task_costs(): as measured, _significant) after img/s."""
     at = list(COLUMNS).index("train_images_per_s") + 1
     figures = {k: Column(header, _number(k, ".2f", 100), True) for k, header in task_figures().items()}
-    return {**dict(list(COLUMNS.items())[:at]), **figures, **dict(list(COLUMNS.items())[at:])}
+    costs = {k: Column(header, _with_std(k, _significant), True) for k, header in task_costs().items()}
+    return {**dict(list(COLUMNS.items())[:at]), **figures, **costs, **dict(list(COLUMNS.items())[at:])}
 
 
 def _recorded(key: str, show: Callable[[Any], str] = raw_text) -> Callable[[dict[str, Any]], str]:
@@ -548,7 +575,7 @@ RECORD_COLUMNS: dict[str, Column] = {
 }
 
 # The compare table's columns; each task's figures (Task.columns: top1_err, top5_err; miou,
-# pixel_acc, mean_class_acc) go before epochs.
+# pixel_acc, mean_class_acc), then those of its cost columns that some row has, go before epochs.
 DEFAULT_COLUMNS = ("run", "model", "dataset", "optimizer", "seed", "n_seeds", "params", "gmacs",
                    "activation_bytes", "peak_memory_bytes", "train_images_per_s", "epochs", "status")
 # Shown after n_seeds where they differ between the rows: a figure measured on another device,
@@ -557,13 +584,21 @@ DEFAULT_COLUMNS = ("run", "model", "dataset", "optimizer", "seed", "n_seeds", "p
 SETUP_COLUMNS = ("input_shape", "env.device_name", "env.threads")
 
 
+def _shown_costs(task: "Task", rows: list[dict[str, Any]]) -> list[str]:
+    """The task's cost columns (Task.cost_columns) that some row has a number for: a detection
+    table from before they were recorded, or of single-shot detectors only, goes without the
+    columns that would say nothing there (proposals per image)."""
+    return [k for k in task.cost_columns if any(_is_number(r.get(k)) for r in rows)]
+
+
 def default_columns(rows: list[dict[str, Any]], setup: tuple[str, ...] | None = None) -> list[str]:
     """DEFAULT_COLUMNS with the figures of the rows' task (Task.columns; of each of their tasks, for
-    rows of several) before epochs, and after n_seeds those of SETUP_COLUMNS whose value differs
-    between the rows (or the setup columns given)."""
+    rows of several), then those of its cost columns that some row has (_shown_costs), before
+    epochs, and after n_seeds those of SETUP_COLUMNS whose value differs between the rows (or the
+    setup columns given)."""
     if setup is None:
         setup = tuple(k for k in SETUP_COLUMNS if len({raw_text(value_of(r, k)) for r in rows}) > 1)
-    figures = [k for task in _tasks(rows) for k in task.columns]
+    figures = [k for task in _tasks(rows) for k in (*task.columns, *_shown_costs(task, rows))]
     at, before = DEFAULT_COLUMNS.index("n_seeds") + 1, DEFAULT_COLUMNS.index("epochs")
     return [*DEFAULT_COLUMNS[:at], *setup, *DEFAULT_COLUMNS[at:before], *figures, *DEFAULT_COLUMNS[before:]]
 
@@ -622,7 +657,9 @@ def caption(rows: list[dict[str, Any]]) -> str:
     """A table's caption: what its figures are (Task.caption: "errors"; "mIoU, pixel acc, class acc")
     and the units."""
     figures = [task.caption for task in _tasks(rows)]
-    return f"{'; '.join(figures)} on the validation set after the last epoch; {CAPTION}"
+    costs = "".join(f"{task.costs_caption}; " for task in _tasks(rows)
+                    if task.costs_caption and _shown_costs(task, rows))
+    return f"{'; '.join(figures)} on the validation set after the last epoch; {costs}{CAPTION}"
 
 
 _STATUS_STYLE = {"failed": "red", "interrupted": "yellow", "running": "dim"}
@@ -667,8 +704,9 @@ EDGE, PER_COLUMN = 1, 3
 
 # The compare table's default columns, the first to be left out first; run and the task's score
 # (top-1 error, mIoU) never are. Memory first, then the task's other figures (top-5 error; pixel
-# and class accuracy: _drop_order puts them here) and the settings, last what a comparison is for:
-# the model and its cost (parameters, GMACs, training images/s).
+# and class accuracy) and cost columns (proposals per image: _drop_order puts them here) and the
+# settings, last what a comparison is for: the model and its cost (parameters, GMACs, training
+# images/s, and after it a detector's inference images/s).
 DROP_ORDER = ("activation_bytes", "peak_memory_bytes", "epochs", "n_seeds", "seed",
               "input_shape", "optimizer", "dataset", "env.threads", "env.device_name",
               "train_images_per_s", "status", "gmacs", "params", "model")
@@ -678,9 +716,14 @@ CONTEXT = ("model", "dataset", "optimizer", "seed", "n_seeds", "epochs", "status
 
 
 def _drop_order(rows: list[dict[str, Any]]) -> tuple[str, ...]:
-    """DROP_ORDER with the figures of the rows' tasks other than their score after the memory columns."""
-    figures = tuple(k for task in _tasks(rows) for k in task.columns if k != task.score)
-    return (*DROP_ORDER[:2], *figures, *DROP_ORDER[2:])
+    """DROP_ORDER with the figures and cost columns of the rows' tasks, other than their score and
+    inference speed, after the memory columns; their inference speed after training images/s."""
+    tasks = _tasks(rows)
+    speeds = tuple(task.inference_speed for task in tasks if task.inference_speed)
+    figures = tuple(k for task in tasks for k in (*task.columns, *task.cost_columns)
+                    if k != task.score and k not in speeds)
+    at = DROP_ORDER.index("train_images_per_s") + 1
+    return (*DROP_ORDER[:2], *figures, *DROP_ORDER[2:at], *speeds, *DROP_ORDER[at:])
 
 
 def _least_width(c: Column, texts: list[str]) -> int:
@@ -846,12 +889,15 @@ def _new_figure(width: float = 8.0, height: float = 5.5):
 
 def _log_x_if_wide(ax, values: list[float]) -> None:
     # Networks span orders of magnitude (LeNet-5 0.0004 GMACs, VGG-16 15.5): a linear axis would
-    # pile the small ones into one corner. Ticks at 1, 2, 5 x 10^k, written as plain numbers.
+    # pile the small ones into one corner. Ticks at 1, 2, 5 x 10^k, written as plain numbers; over
+    # more than three decades (an SSD's 1 ms and an R-CNN's 20 s per image) at 10^k alone, as the
+    # labels would run into each other.
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     if values and min(values) > 0 and max(values) / min(values) > 10:
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        subs = (1.0, 2.0, 5.0) if max(values) / min(values) <= 1e3 else (1.0,)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1000 else f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
 
@@ -919,7 +965,8 @@ def _names(task: "Task") -> dict[str, str]:
     curves = (f"Training and validation {train.split()[-1]}" if train == val else
               f"{first} {train} and {second} {val}")
     return {"stem": task.plot_stem, "curves_file": task.curves_file, "score": task.score,
-            "Score": _capital(_bare(task.score_label)), "curves": curves}
+            "Score": _capital(_bare(task.score_label)), "curves": curves,
+            "speed": task.inference_speed or ""}
 
 
 def _scatter(ax, points, x_key: str, sizes: list[float], labels: list[str], task: "Task") -> None:
@@ -1008,6 +1055,35 @@ def throughput_figure(rows: list[dict[str, Any]], task: "Task | None" = None):
     return fig
 
 
+def _inference_ms(r: dict[str, Any], speed: str) -> dict[str, Any]:
+    """The row with `inference_ms`, ms per image (1000 / its images/s): for a group of seeds the mean
+    of each run's ms, and their sample std in std["inference_ms"]."""
+    ms = [1000 / run[speed] for run in r.get("runs", [r]) if _is_number(run.get(speed)) and run[speed] > 0]
+    std = {**r.get("std", {}), **({"inference_ms": statistics.stdev(ms)} if len(ms) > 1 else {})}
+    return {**r, "inference_ms": statistics.fmean(ms), "std": std}
+
+
+def inference_figure(rows: list[dict[str, Any]], task: "Task | None" = None):
+    """The task's score against inference time per image, ms = 1000 / the images/s of its whole
+    evaluation forward (Task.inference_speed), as detectors are compared (Huang et al. 2017,
+    "Speed/accuracy trade-offs for modern convolutional object detectors": mAP against GPU time).
+    rows: of one task (task None: theirs). Returns a matplotlib Figure; one point per row, failed
+    runs and runs without the speed (older records) left out."""
+    task = task or _task_of(rows)
+    speed = task.inference_speed
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    points, _ = _plottable(rows, (speed, task.score)) if speed else ([], [])
+    points = [(i, _inference_ms(r, speed)) for i, r in points if r[speed] > 0]
+    if points:
+        _scatter(ax, points, "inference_ms", [60.0] * len(points), plot_labels(rows), task)
+    else:
+        _nothing_to_plot(ax, f"an inference speed and {_bare(task.score_label)}")
+    ax.set_xlabel("inference ms per image (whole forward, proposals and NMS included; each run's own device)")
+    ax.set_title(f"{_names(task)['Score']} against inference time")
+    return fig
+
+
 def _curve(runs: list[dict[str, Any]], key: str) -> tuple[list, list, list]:
     """(epochs, mean, sample std) of a history key over the runs of a row, epoch by epoch."""
     by_epoch: dict[int, list[float]] = {}
@@ -1084,10 +1160,12 @@ def png_bytes(fig) -> bytes:
 
 # Each task's plots: (file name, title, figure function, values a point needs), with the task's
 # names (_names) in braces: top1_vs_gmacs.png, "Top-1 error against operations"; miou_vs_gmacs.png.
+# A plot that needs the {speed} is drawn for the tasks that record one (Task.inference_speed) only.
 PLOTS = (
     ("{stem}_vs_gmacs.png", "{Score} against operations", bubble_figure, ("gmacs", "{score}", "params")),
     ("{stem}_vs_images_per_s.png", "{Score} against training throughput", throughput_figure,
      ("train_images_per_s", "{score}")),
+    ("{stem}_vs_inference_ms.png", "{Score} against inference time", inference_figure, ("{speed}", "{score}")),
     ("{curves_file}", "{curves} per epoch", curves_figure, ()),
 )
 
@@ -1096,7 +1174,7 @@ def plots(task: "Task") -> list[tuple[str, str, Callable, tuple[str, ...]]]:
     """PLOTS for one task, its names filled in: (file name, title, figure function, keys)."""
     names = _names(task)
     return [(name.format(**names), title.format(**names), figure, tuple(k.format(**names) for k in keys))
-            for name, title, figure, keys in PLOTS]
+            for name, title, figure, keys in PLOTS if names["speed"] or "{speed}" not in keys]
 
 
 class Section(NamedTuple):
@@ -1282,12 +1360,12 @@ def compare_main(paths: list[str], out: str | None, columns: list[str] | None = 
     Keeps the runs matching every filter (shell-style patterns; a key given twice matches either),
     averages runs that differ only in seed (mean ± sample std over n distinct seeds; of a seed run
     more than once, the run whose results.json was written last counts), prints one table per task
-    (classification, segmentation), each sorted by SORT (default: the task's score, best first:
-    top-1 error ascending, mIoU descending), and writes into DIR (default: the first PATH, or its
-    folder if it is a file): comparison.csv (raw numbers, one row per run, every task's columns),
-    comparison.md (a table per task), and report.md / report.html with each task's table and plots
-    (PNGs beside them). Files that are not cnnbench results are skipped with a warning. Returns the
-    exit code.
+    (classification, segmentation, detection), each sorted by SORT (default: the task's score, best
+    first: top-1 error ascending, mIoU and mAP descending), and writes into DIR (default: the first
+    PATH, or its folder if it is a file): comparison.csv (raw numbers, one row per run, every task's
+    columns), comparison.md (a table per task), and report.md / report.html with each task's table
+    and plots (PNGs beside them). Files that are not cnnbench results are skipped with a warning.
+    Returns the exit code.
     """
     paths = list(paths) or DEFAULT_PATHS
     if any(not str(p).strip() for p in paths) or (out is not None and not out.strip()):
@@ -1384,8 +1462,9 @@ def models_table(pattern: str = "*", input_shape: tuple | None = None, classes: 
     table, left_out = fit_table(columns, rows, width, MODEL_DROP_ORDER,
                                 title=f"cnnbench models ({len(names)}), counted at {at}",
                                 caption="GMACs: 10^9 multiply-accumulates per image, forward; FLOPs = 2 x MACs"
-                                + ("\n* a detector's: in evaluation mode, on a seeded random image with the weights "
-                                   "as initialised; its proposals, and so its MACs, depend on both" if starred else ""))
+                                + ("\n* counted on the CPU in evaluation mode, on a seeded random image with the weights "
+                                   "as initialised: a two-stage detector's proposals, and so its MACs, depend on both"
+                                   if starred else ""))
     print_whole(table, console)
     if any(c.name == "paper" for c in left_out):  # each paper once, after the models from it
         papers: dict[str, list[str]] = {}

@@ -20,7 +20,7 @@ from torchvision.ops import MultiScaleRoIAlign, box_iou
 
 from cnnbench import distributed
 from cnnbench.tasks import Task, percent
-from cnnbench.tasks.detection import (DETECTION, CocoMeter, coco_figures, draw_boxes, flatten_predictions,
+from cnnbench.tasks.detection import (COST_KEYS, DETECTION, CocoMeter, coco_figures, draw_boxes, flatten_predictions,
                                       from_targets, to_targets)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -253,8 +253,9 @@ def test_the_task_declares_what_the_run_and_the_report_read():
     assert set(DETECTION.figures) - {"best_map"} <= set(DETECTION.record_keys)
     assert set(DETECTION.columns) <= set(DETECTION.figures)
     assert {k for k, _ in DETECTION.curves} <= {f"val_{k}" for k in DETECTION.history_keys}
-    meter_keys = set(figures(OUTPUTS, Y))
+    meter_keys = set(figures(OUTPUTS, Y)) | set(COST_KEYS)  # the meter's and evaluation_costs'
     assert set(DETECTION.record_keys) | set(DETECTION.history_keys) | {"images"} <= meter_keys
+    assert set(DETECTION.costs) == set(COST_KEYS) and set(DETECTION.cost_columns) <= set(COST_KEYS)
     assert DETECTION.hparams_metrics({"map": 0.5, "map50": 0.7, "map75": 0.1}) == {"map": 0.5, "map50": 0.7}
 
 

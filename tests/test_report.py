@@ -23,6 +23,7 @@ from cnnbench.report import (
     sort_rows,
     throughput_figure,
 )
+from cnnbench.tasks.detection import DETECTION
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +49,10 @@ FIGURES = {
     "classification": {"top1_err": 0.1234, "top5_err": 0.0012, "best_top1_err": 0.12},
     "segmentation": {"miou": 0.5, "pixel_acc": 0.9, "mean_class_acc": 0.6, "best_miou": 0.52,
                      "per_class_iou": {"background": 0.9, "shirt": 0.1}},
+    "detection": {"map": 0.3, "map50": 0.5, "map75": 0.25, "mar100": 0.4, "best_map": 0.31,
+                  "per_class_ap": {"shirt": 0.3}},
 }
+SCORES = {"classification": "top1_err", "segmentation": "miou", "detection": "map"}  # higher is better, but for errors
 
 
 def make_result(task: str | None = None, **overrides) -> dict:
@@ -73,8 +77,7 @@ def make_result(task: str | None = None, **overrides) -> dict:
             for k in figures:
                 result.pop(k, None)
         result.update(FIGURES[task], task=task,
-                      score={"key": "miou", "higher_is_better": True} if task == "segmentation" else
-                      {"key": "top1_err", "higher_is_better": False})
+                      score={"key": SCORES[task], "higher_is_better": not SCORES[task].endswith("_err")})
     result.update(overrides)
     return result
 
@@ -884,3 +887,104 @@ def test_a_run_of_a_task_this_version_does_not_know_is_skipped(tmp_path, capsys)
 
     assert [r["task"] for r in load_rows([str(tmp_path)])] == ["segmentation"]
     assert "future/results.json: task 'tracking' is not one this cnnbench compares" in capsys.readouterr().err
+
+
+# -----------------------------------------------------------------------------
+# Detection: the inference costs (images/s, proposals and CNN passes per image) are numbers as
+# measured, not fractions; runs from before they were recorded compare without them
+
+def write_detectors(root: Path) -> None:
+    """Faster R-CNN and SSD300 with their inference costs, R-CNN over two seeds, and a Fast R-CNN run
+    from before the costs were recorded."""
+    det = dict(dataset="fashion_scenes", epochs=2, macs=5_000_000_000)
+    write_run(root, "faster_rcnn", "detection", model="faster_rcnn", map=0.30, inference_images_per_s=12.5,
+              proposals_per_image=300, cnn_passes_per_image=1, proposal_s_per_image=None, network_s_per_image=0.08,
+              config=config("faster_rcnn"), **det)
+    write_run(root, "ssd300", "detection", model="ssd300", map=0.25, inference_images_per_s=1234.4,
+              proposals_per_image=None, cnn_passes_per_image=1, proposal_s_per_image=None,
+              network_s_per_image=0.0008, config=config("ssd300"), **det)
+    for seed, speed in ((0, 0.04), (1, 0.05)):
+        write_run(root, f"model=rcnn,seed={seed}", "detection", model="rcnn", seed=seed, map=0.20,
+                  inference_images_per_s=speed, proposals_per_image=2000, cnn_passes_per_image=2000,
+                  proposal_s_per_image=2.0, network_s_per_image=20.0, config=config("rcnn", seed=seed), **det)
+    write_run(root, "fast_rcnn", "detection", model="fast_rcnn", map=0.28, config=config("fast_rcnn"), **det)
+
+
+def test_detection_table_shows_inference_costs_as_measured(tmp_path):
+    write_detectors(tmp_path)
+
+    assert compare_main([str(tmp_path)], None) == 0
+
+    md = (tmp_path / "comparison.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert "| mAP % | AP50 % | inference img/s | proposals/img | CNN passes/img | epochs |" in table[0]
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| faster_rcnn", "| fast_rcnn", "| ssd300",
+                                                            "| model=rcnn,seed=*"]  # mAP, descending
+    assert "| 30.00 | 50.00 | 12.5 | 300 | 1 |" in table[2]  # not 1250.00: no percent
+    assert "| 28.00 | 50.00 | — | — | — |" in table[3]  # recorded before the costs
+    assert "| 1,234 | — | 1 |" in table[4]  # single-shot: no proposals
+    assert "| 0.045 ± 0.00707 | 2,000 ± 0 | 2,000 ± 0 |" in table[5]  # mean ± std over the seeds
+    assert f"after the last epoch; {DETECTION.costs_caption}; GMACs per image" in md  # what the speed is
+
+    rows = {r["run"]: r for r in read_csv(tmp_path)}  # raw numbers, every cost
+    fields = list(rows["ssd300"])
+    assert fields[fields.index("best_map") + 1:fields.index("loss")] == [
+        "inference_images_per_s", "proposals_per_image", "cnn_passes_per_image", "proposal_s_per_image",
+        "network_s_per_image"]
+    assert (rows["faster_rcnn"]["inference_images_per_s"], rows["faster_rcnn"]["proposals_per_image"]) == \
+        ("12.5", "300")
+    assert (rows["ssd300"]["proposals_per_image"], rows["model=rcnn,seed=1"]["proposal_s_per_image"]) == ("", "2.0")
+    assert rows["fast_rcnn"]["inference_images_per_s"] == ""
+
+
+def test_cost_columns_only_where_some_run_has_them_and_older_runs_still_compare(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    write_run(tmp_path / "new", "ssd300", "detection", model="ssd300", inference_images_per_s=100.0,
+              cnn_passes_per_image=1, proposals_per_image=None, config=config("ssd300"))
+    write_run(tmp_path / "old", "fast_rcnn", "detection", model="fast_rcnn", config=config("fast_rcnn"))
+    write_run(tmp_path / "old", "lenet5", "classification", model="lenet5", config=config("lenet5"))
+
+    assert compare_main([str(tmp_path / "new")], None) == 0
+    header = (tmp_path / "new" / "comparison.md").read_text().splitlines()[0]
+    assert "| inference img/s | CNN passes/img |" in header and "proposals/img" not in header  # single-shot only
+    assert "inference img/s" in capsys.readouterr().out
+
+    assert compare_main([str(tmp_path / "old")], None) == 0
+    tables = md_tables((tmp_path / "old" / "comparison.md").read_text())
+    assert "| mAP % | AP50 % | epochs |" in tables["detection"][0]  # no column of dashes only
+    assert "img/s |" in tables["classification"][0]
+    assert "inference" not in (tmp_path / "old" / "comparison.md").read_text()  # neither column nor caption
+    assert sorted(p.name for p in (tmp_path / "old").glob("map*.png")) == [
+        "map_vs_gmacs.png", "map_vs_images_per_s.png", "map_vs_inference_ms.png"]
+    assert not list((tmp_path / "old").glob("top1_vs_inference*"))  # a task without a speed has no such plot
+    report_md = (tmp_path / "old" / "report.md").read_text()
+    assert "### mAP against inference time\n\n![mAP against inference time](map_vs_inference_ms.png)" in report_md
+    assert "Not plotted: fast_rcnn (no inference_images_per_s)." in report_md
+
+    rows = sort_rows(group_rows(load_rows([str(tmp_path)])))
+    detection = report.by_task(rows)[1][1]
+    fig = report.inference_figure(detection)
+    assert len(bubbles(fig).get_offsets()) == 1  # ssd300 alone
+    assert "no run to plot" in report.inference_figure([r for r in detection if r["model"] == "fast_rcnn"]) \
+        .axes[0].texts[0].get_text()
+    order = report._drop_order(detection)  # in a narrow terminal the proposals go early, the speed late
+    assert order.index("proposals_per_image") < order.index("train_images_per_s") \
+        < order.index("inference_images_per_s") < order.index("gmacs")
+
+
+def test_map_against_inference_ms_one_point_per_row(tmp_path):
+    write_detectors(tmp_path)
+    rows = sort_rows(group_rows(load_rows([str(tmp_path)])))
+    ((task, detection),) = report.by_task(rows)
+
+    fig = report.inference_figure(detection)
+
+    ax = fig.axes[0]
+    points = sorted(map(tuple, bubbles(fig).get_offsets()))
+    assert points == [(pytest.approx(1000 / 1234.4), 25.0), (80.0, 30.0), (pytest.approx(22_500), 20.0)]  # ms, %
+    assert ax.get_xscale() == "log"  # 0.8 ms to 22.5 s
+    assert {t.get_text() for t in ax.texts} == {"faster_rcnn", "ssd300", "model=rcnn,seed=*"}  # not fast_rcnn
+    assert ax.get_title() == "mAP against inference time" and ax.get_xlabel().startswith("inference ms per image")
+    rcnn = report._inference_ms(detection[-1], "inference_images_per_s")
+    assert rcnn["std"]["inference_ms"] == pytest.approx(statistics.stdev([25_000, 20_000]))  # of each seed's ms
+    assert report.png_bytes(fig)[:8] == b"\x89PNG\r\n\x1a\n"

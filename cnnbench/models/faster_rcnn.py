@@ -41,6 +41,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, roi_pool
 
+from cnnbench.models.proposals import Tally
 from cnnbench.models.registry import create_model, register_model
 
 ANCHOR_SIZES = (128 / 600, 256 / 600, 512 / 600)  # section 3.1.1's scales on its ~600 px images
@@ -146,8 +147,16 @@ class FasterRCNN(TorchvisionFasterRCNN):
             box_predictor=FastRCNNPredictor(width, num_classes + 1))  # + 1: the background
         self.transform = BatchOnly(in_channels)
         self.stride = stride
+        # Proposals per image in evaluation, for the record (tasks/detection.py); one CNN pass per image
+        self.tally = self.rpn.tally = Tally(proposals=True)
+        self.rpn.register_forward_hook(_count_proposals)
         # The layers whose shapes follow the classes (models/weights.py)
         self.head_layers = ["roi_heads.box_predictor"]
+
+
+def _count_proposals(rpn: nn.Module, inputs, output) -> None:
+    if not rpn.training:
+        rpn.tally.count_proposals(output[0])  # output: (proposals per image, losses)
 
 
 def _min_size(backbone: str = "vgg16", **_) -> int:

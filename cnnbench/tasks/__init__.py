@@ -50,6 +50,7 @@ class Task:
     plot_stem: the plots' file names start with it ("top1" -> top1_vs_gmacs.png).
     curves: ((history key, label) of the training panel, (history key, label) of the validation
     panel) of the per-epoch plot, and curves_file its file name.
+    costs, cost_columns, costs_caption, inference_speed: what evaluating costs (below).
     """
 
     name: str
@@ -68,6 +69,12 @@ class Task:
     plot_stem: str
     curves: tuple
     curves_file: str
+    # What a task's evaluation costs, where it measures it (evaluation_costs; detection): raw
+    # numbers (images/s, counts, seconds), never shown as percent.
+    costs: Dict[str, str] = {}  # results.json key -> column header
+    cost_columns: tuple = ()  # the costs in the table, each where some run has it (all are in the CSV)
+    costs_caption: str = ""  # what they are, for the table's caption
+    inference_speed: Optional[str] = None  # the images/s key the report plots the score against (as ms per image)
 
     def train_step(self, model: nn.Module, x: torch.Tensor, y: Any, label_smoothing: float):
         """Forward in training mode and the loss. Returns (loss (), sums (2,)): the numerator and
@@ -83,6 +90,15 @@ class Task:
         """A fresh Meter for one evaluation: num_classes outputs (None: read from the scores),
         ignore_index the target value nothing counts, names the classes' names for the record."""
         raise NotImplementedError
+
+    def start_evaluation(self, model: nn.Module) -> None:
+        """Called as an evaluation starts (engine.evaluate), before the first predict: a task that
+        times or counts its evaluation forwards resets its counts here. Nothing by default."""
+
+    def evaluation_costs(self, model: nn.Module, device: torch.device) -> Dict[str, Any]:
+        """What the evaluation just ended cost, for its figures (and the record's task.record_keys):
+        a detector's inference images/s, proposals and CNN passes per image. {} by default."""
+        return {}
 
     def probe_loss(self, output: Any) -> torch.Tensor:
         """A loss for timing a training step without data (cnnbench profile): any target will do."""

@@ -24,6 +24,7 @@ import contextlib
 import copy
 import io
 import math
+import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -31,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from cnnbench import distributed
+from cnnbench.models.proposals import Tally
 from cnnbench.tasks import Meter, Task, percent
 
 DRAW_SCORE = 0.5  # TensorBoard: predictions drawn from this score on
@@ -73,6 +75,21 @@ def flatten_predictions(outputs: Sequence[Dict[str, torch.Tensor]]) -> torch.Ten
     return torch.cat(rows) if rows else torch.zeros(0, 7)
 
 
+def tally_of(model: nn.Module) -> Tally:
+    """The model's Tally (models/proposals.py): its own where it counts proposals or CNN passes
+    (R-CNN, Fast and Faster R-CNN); otherwise one given to it here, which counts images and
+    seconds only (a single-shot detector: one CNN pass per image, no proposals)."""
+    tally = getattr(model, "tally", None)
+    if tally is None:
+        tally = model.tally = Tally()
+    return tally
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # GPU work is queued: a clock read alone would time the queueing
+
+
 def sum_losses(losses: Dict[str, torch.Tensor]) -> torch.Tensor:
     """A detector's training output, {name: loss}, as one loss (torchvision's references sum it
     unweighted: each detector weighs its own parts)."""
@@ -82,6 +99,8 @@ def sum_losses(losses: Dict[str, torch.Tensor]) -> torch.Tensor:
 # -----------------------------------------------------------------------------
 # COCO figures
 
+COST_KEYS = ("inference_images_per_s", "proposals_per_image", "cnn_passes_per_image", "proposal_s_per_image",
+             "network_s_per_image")  # evaluation_costs' figures
 FIGURE_KEYS = ("map", "map50", "map75", "ap_small", "ap_medium", "ap_large", "mar100")
 STATS = {"map": 0, "map50": 1, "map75": 2, "ap_small": 3, "ap_medium": 4, "ap_large": 5,
          "mar100": 8}  # their places in COCOeval.stats
@@ -253,7 +272,7 @@ class Detection(Task):
     higher_is_better = True
     train_metric = "objects"  # objects per image in the batches trained on
     history_keys = ("map", "map50")  # no "loss": CocoMeter has none (BatchNorm, vision#1574)
-    record_keys = ("map", "map50", "map75", "mar100", "per_class_ap")
+    record_keys = ("map", "map50", "map75", "mar100", "per_class_ap", *COST_KEYS)
     targets = "boxes with classes"
     class_counts = "images holding it"
     max_classes = None
@@ -263,6 +282,17 @@ class Detection(Task):
                "best_map": "best mAP %"}
     caption = "COCO mAP, AP50, AP75, AR@100"
     columns = ("map", "map50")
+    # The report's figures that are no fractions (shown as they are, not as percent), key -> header:
+    # what the last evaluation cost (Girshick 2015 and Ren et al. 2015 compare detectors by test time).
+    costs = {"inference_images_per_s": "inference img/s",  # the whole model(images): proposals and NMS included
+             "proposals_per_image": "proposals/img",  # scored by the RoI head; None: single-shot (SSD, YOLO)
+             "cnn_passes_per_image": "CNN passes/img",  # 1; R-CNN: one per proposal
+             "proposal_s_per_image": "proposal s/img",  # Selective Search on the CPU; None: the network's
+             "network_s_per_image": "network s/img"}  # the rest of the forward
+    # In the table after the figures, each where some run has it; the others in the CSV and by --columns.
+    cost_columns = ("inference_images_per_s", "proposals_per_image", "cnn_passes_per_image")
+    costs_caption = "inference img/s: the whole forward, proposals and NMS included, over the last evaluation"
+    inference_speed = "inference_images_per_s"  # the score against inference ms per image: map_vs_inference_ms.png
     score_label = "mAP %"
     plot_stem = "map"
     # The report draws history keys as percentages, and the only training figure, objects per
@@ -279,17 +309,63 @@ class Detection(Task):
     def predict(self, model, x):
         """model(list(x)), each image's dict with its "image_size" (H, W) added for the record. In
         float32 whatever trainer.amp says: under bf16 autocast torchvision decodes the boxes in
-        bf16, which steps by 2 px between 256 and 512 px and would lower AP75 and mAP."""
-        size = tuple(x.shape[-2:])
+        bf16, which steps by 2 px between 256 and 512 px and would lower AP75 and mAP. Timed: the
+        whole call (proposals and NMS included; on CUDA between two synchronisations) goes into
+        the model's Tally (models/proposals.py), read by evaluation_costs."""
+        size, tally = tuple(x.shape[-2:]), tally_of(model)
+        _synchronize(x.device)
+        t0 = time.perf_counter()
         with torch.autocast(x.device.type, enabled=False):
-            return [{**o, "image_size": size} for o in model(list(x.float()))]
+            outputs = model(list(x.float()))
+        _synchronize(x.device)
+        tally.seconds += time.perf_counter() - t0
+        tally.images += len(x)
+        return [{**o, "image_size": size} for o in outputs]
+
+    def start_evaluation(self, model) -> None:
+        tally_of(model).reset()
+
+    def evaluation_costs(self, model, device: torch.device) -> Dict[str, Any]:
+        """The evaluation's cost per image, from the model's Tally, over every torchrun process:
+        inference_images_per_s (images over the seconds of model(images), proposals and NMS
+        included; Selective Search's seconds as computing them took, even when cached: the
+        slowest process's time, all processes' images); proposals_per_image (None for a
+        single-shot detector); cnn_passes_per_image (1 unless the model counts them: R-CNN's one
+        per proposal); proposal_s_per_image (Selective Search; None where the network proposes)
+        and network_s_per_image (the rest of the forward), seconds."""
+        t = tally_of(model)
+        network = max(t.seconds - t.proposal_wall_s, 0.0)
+        search = t.proposal_s or 0.0
+        counts = distributed.all_sum(torch.tensor([t.images, t.proposals or 0, t.cnn_passes or 0, network, search],
+                                                  dtype=torch.float64, device=device)).tolist()
+        slowest = distributed.all_max(torch.tensor([network + search], dtype=torch.float64, device=device)).item()
+        images, proposals, passes, network, search = counts
+        if not images:
+            return dict.fromkeys(COST_KEYS)
+        return {"inference_images_per_s": images / slowest if slowest > 0 else None,
+                "proposals_per_image": None if t.proposals is None else proposals / images,
+                "cnn_passes_per_image": 1.0 if t.cnn_passes is None else passes / images,
+                "proposal_s_per_image": None if t.proposal_s is None else search / images,
+                "network_s_per_image": network / images}
 
     def macs_note(self, options: Dict[str, Any]) -> Optional[str]:
-        proposals = options.get("proposals") or 300
+        """Two-stage detectors (options with "proposals"): their MACs follow the proposals, and
+        Selective Search (options with "search") has none counted. Single-shot detectors: a fixed
+        cost but for NMS."""
+        where = ("in evaluation mode on one image at the run's input size (a run's: its first validation image; "
+                 "cnnbench models and profile: a seeded random one)")
+        if "proposals" not in options:
+            return (f"Counted {where}: the network's forward, a fixed cost at this size. The NMS after it is not "
+                    f"counted (no multiply-adds; its time is in inference_images_per_s).")
+        proposals = options["proposals"]
+        if "search" in options:
+            return (f"Not a fixed cost: the RoI head's MACs grow with the Selective Search proposals it takes (at most "
+                    f"{proposals}, model.proposals; R-CNN runs its whole CNN once per proposal). Counted {where}. "
+                    f"Selective Search runs on the CPU outside the network and counts no MACs: its time is "
+                    f"proposal_s_per_image.")
         return (f"Not a fixed cost: a two-stage detector's MACs grow with the proposals its RoI head takes. Counted "
-                f"in evaluation mode on one image at the run's input size (a run's: its first validation image; "
-                f"cnnbench models and profile: a seeded random one), with the weights as initialised, keeping at "
-                f"most {proposals} proposals after NMS (model.proposals); trained weights keep other proposals.")
+                f"{where}, with the weights as initialised, keeping at most {proposals} proposals after NMS "
+                f"(model.proposals); trained weights keep other proposals.")
 
     def cost_forward(self, model, x):
         """A detector's forward without data: in training with probe_targets (one box per image),
