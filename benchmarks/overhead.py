@@ -1,18 +1,22 @@
 """cnnbench's own cost: `cnnbench train` throughput against a bare PyTorch loop, same run.
 
-    python benchmarks/overhead.py [--task classification|segmentation] [--epochs 1] [--repeats 7]
+    python benchmarks/overhead.py [--task classification|segmentation|detection] [--epochs 1] [--repeats 7]
                                   [--device cpu] [--model NAME] [OVERRIDE ...]
 
 classification (default): both train LeNet-5 on Fashion-MNIST (in-memory tensors, batch 128).
 segmentation: both train U-Net (model.padding=same) on fashion_scenes canvases, per-pixel
 cross-entropy with 255 ignored (CPU: 48 px canvases, 512 of them, batch 16, no augmentation,
-since the bare loop has none). Both sides use the same threads, device and optimizer (SGD +
-Nesterov momentum). The bare loop has nothing but zero_grad / forward / backward / step over
-pre-normalised float tensors; cnnbench runs its real path (run.train: uint8 data normalised per
-batch on the device, scheduler, the task's running figures, TensorBoard, checkpoints,
-results.json). Each side reports steady-state images/s (the first 10 steps of each epoch left
-out, CUDA synchronised); they alternate so that drifting clocks hit both; the ratio of medians is
-printed. Targets: ratio >= 0.95 on the CPU (issue 2 for classification, issue 17 for segmentation).
+since the bare loop has none).
+detection: both train Faster R-CNN (MobileNet v2 backbone) on fashion_scenes' boxes, the sum of
+its losses (CPU: 64 px canvases, 256 of them, batch 8, no augmentation); the bare loop hands the
+detector each image's boxes as torchvision's list of dicts, made once before timing.
+Both sides use the same threads, device and optimizer (SGD + Nesterov momentum). The bare loop
+has nothing but zero_grad / forward / backward / step over pre-normalised float tensors;
+cnnbench runs its real path (run.train: uint8 data normalised per batch on the device, scheduler,
+the task's running figures, TensorBoard, checkpoints, results.json). Each side reports
+steady-state images/s (the first 10 steps of each epoch left out, CUDA synchronised); they
+alternate so that drifting clocks hit both; the ratio of medians is printed. Targets: ratio >=
+0.95 on the CPU (issue 2 for classification, 17 for segmentation, 18 for detection).
 Extra arguments are config overrides for both sides (dataset.canvas=96 on a GPU, say).
 """
 
@@ -44,12 +48,29 @@ CASES = {
     "segmentation": ["model=unet", "model.padding=same", "dataset=fashion_scenes", "dataset.canvas=48",
                      "dataset.train_size=512", "dataset.val_size=64", "dataset.batch_size=16", "dataset.augment=false",
                      "optimizer.lr=1e-3"],  # SGD at 0.1 diverges for U-Net, which stops cnnbench's run
+    "detection": ["model=faster_rcnn", "model.backbone=mobilenet_v2", "dataset=fashion_scenes", "dataset.canvas=64",
+                  "dataset.train_size=256", "dataset.val_size=16", "dataset.batch_size=8", "dataset.augment=false",
+                  "optimizer.lr=1e-3"],
 }
 
 
-def bare_loop(x, y, model_name, options, classes, batch, epochs, lr, device, amp=None, channels_last=False) -> float:
+def pixel_loss(model, x, y, idx):
+    """Classification and segmentation: cross-entropy of the scores, 255 ignored (unlabelled pixels)."""
+    return F.cross_entropy(model(x).float(), y[idx], ignore_index=255)
+
+
+def detection_loss(targets):
+    """A detector's summed losses; targets: torchvision's dict per image of the split."""
+    def loss(model, x, y, idx):
+        return sum(model(list(x), [targets[i] for i in idx.tolist()]).values())
+    return loss
+
+
+def bare_loop(x, y, model_name, options, classes, batch, epochs, lr, device, amp=None, channels_last=False,
+              loss_of=pixel_loss) -> float:
     """Images/s of the plainest correct training loop over the same tensors, with cnnbench's
-    precision (amp: an autocast dtype or None) and memory format (on CUDA: bf16 and channels_last)."""
+    precision (amp: an autocast dtype or None) and memory format (on CUDA: bf16 and channels_last).
+    loss_of(model, x, y, idx): the batch's loss (pixel_loss; detection_loss)."""
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.preserve_format
     model = create_model(model_name, num_classes=classes, in_channels=x.shape[1], **options).to(device,
@@ -66,8 +87,7 @@ def bare_loop(x, y, model_name, options, classes, batch, epochs, lr, device, amp
                 t0 = time.perf_counter()
             idx = order[i * batch:(i + 1) * batch]
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                out = model(x[idx].contiguous(memory_format=fmt))
-            loss = F.cross_entropy(out.float(), y[idx], ignore_index=255)  # 255: unlabelled pixels
+                loss = loss_of(model, x[idx].contiguous(memory_format=fmt), y, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -99,6 +119,11 @@ def main():
     train, _, data = build_data(OmegaConf.to_object(cfg.dataset), device, 0, run.image_size_for(cfg))
     x = train.normalize(train.images)  # the bare loop gets its floats ready-made
     y = train.labels.long()  # (N,) labels or (N, H, W) masks
+    loss_of = pixel_loss
+    if a.task == "detection":  # each image's boxes as torchvision's dict: label = class + 1 (0: background)
+        from cnnbench.tasks.detection import to_targets
+
+        y, loss_of = train.boxes, detection_loss(to_targets(train.boxes, len(x)))
     name, options = cfg.model.name, run.model_options(cfg.model)
     # What run.train resolves trainer.amp=auto and channels_last=null to: bf16 and NHWC on a GPU with
     # bf16 tensor cores, neither on the CPU; the bare loop gets the same
@@ -110,7 +135,7 @@ def main():
     bare, ours = [], []
     for r in range(a.repeats):
         bare.append(bare_loop(x, y, name, options, data.num_classes, cfg.dataset.batch_size, a.epochs,
-                              cfg.optimizer.lr, device, amp, channels_last))
+                              cfg.optimizer.lr, device, amp, channels_last, loss_of))
         ours.append(cnnbench_loop(cfg))
         print(f"  repeat {r + 1}: bare {bare[-1]:,.0f} img/s, cnnbench {ours[-1]:,.0f} img/s")
     ratio = statistics.median(ours) / statistics.median(bare)

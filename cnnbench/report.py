@@ -1462,9 +1462,9 @@ def models_table(pattern: str = "*", input_shape: tuple | None = None, classes: 
     table, left_out = fit_table(columns, rows, width, MODEL_DROP_ORDER,
                                 title=f"cnnbench models ({len(names)}), counted at {at}",
                                 caption="GMACs: 10^9 multiply-accumulates per image, forward; FLOPs = 2 x MACs"
-                                + ("\n* counted on the CPU in evaluation mode, on a seeded random image with the weights "
-                                   "as initialised: a two-stage detector's proposals, and so its MACs, depend on both"
-                                   if starred else ""))
+                                + ("\n* counted on the CPU in evaluation mode, on a seeded random image with the "
+                                   "weights as initialised: a two-stage detector's proposals, and so its MACs, depend "
+                                   "on both" if starred else ""))
     print_whole(table, console)
     if any(c.name == "paper" for c in left_out):  # each paper once, after the models from it
         papers: dict[str, list[str]] = {}

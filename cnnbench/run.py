@@ -91,14 +91,26 @@ def image_size_for(cfg) -> int:
 def resolve(cfg: DictConfig) -> DictConfig:
     """What the composed config means for this job, in place: `per_model` options for this model
     written onto model.* (a named model's options first refused if it lacks one; `any` applies
-    where the model has the option). Idempotent; the CLI calls it as each job's config is composed,
-    validate() again for callers that compose themselves."""
+    where the model has the option), then the options left null whose default follows the input
+    size (ModelInfo.sized_options: YOLO's grid), so that the record states them. Idempotent; the
+    CLI calls it as each job's config is composed, validate() again for callers that compose
+    themselves."""
+
+    per_model = cfg.get("per_model") or {}
+    if per_model:
+        _apply_per_model(cfg, per_model)
+    info = get_model_info(cfg.model.name)
+    if info.sized_options is not None:  # options whose default follows the input size (YOLO's grid)
+        for key, value in info.sized_options(image_size_for(cfg)).items():
+            if cfg.model.get(key) is None:
+                cfg.model[key] = value
+    return cfg
+
+
+def _apply_per_model(cfg: DictConfig, per_model) -> None:
     from cnnbench.config import ModelConf
     from cnnbench.models import list_models
 
-    per_model = cfg.get("per_model") or {}
-    if not per_model:
-        return cfg
     name, known = cfg.model.name, set(list_models(external=True))
     options = set(ModelConf.__dataclass_fields__) - _NOT_OPTIONS  # what some architectures have
     for model, given in per_model.items():  # every entry, whichever model runs: none is recorded unchecked
@@ -129,7 +141,6 @@ def resolve(cfg: DictConfig) -> DictConfig:
             except Exception as e:  # the schema's type check (an enum value, a number)
                 raise CnnbenchError(f"per_model.{model}.{key}={value}: {str(e).splitlines()[0]}. Give it a value "
                                     f"model.{key} takes.") from None
-    return cfg
 
 
 def validate(cfg: DictConfig) -> None:

@@ -56,7 +56,8 @@ SAME_OUTPUTS = {"alexnet_tv": 63, "vgg11_bn": 32, "googlenet": 32, "densenet121"
 SMALL_STEM = ["vgg11_bn", "densenet121", "mobilenet_v1", "mobilenet_v2", "resnet18"]
 
 
-TASK_TESTS = "test_segmentation_models.py, test_detection.py, test_ssd.py"  # where the other tasks' models are
+# where the other tasks' models are tested
+TASK_TESTS = "test_segmentation_models.py, test_detection.py, test_rcnn.py, test_yolo.py, test_ssd.py"
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest.one_thread)
 
 

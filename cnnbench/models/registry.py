@@ -11,7 +11,7 @@ registered apart: get_model_info and create_model know them, list_models lists o
 import fnmatch
 import inspect
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch.nn as nn
 
@@ -32,6 +32,7 @@ class ModelInfo:
     external: bool = False  # not one of the papers' networks: options name it, sizes are found by trying
     task: str = "classification"  # what it predicts: classification | segmentation (| detection)
     size_check: Optional[Callable[..., Optional[str]]] = None  # (size, **options) -> why a size >= min is refused
+    sized_options: Optional[Callable[[int], Dict[str, Any]]] = None  # size px -> defaults of options left null
 
     @property
     def options(self) -> List[str]:
@@ -52,18 +53,20 @@ _REGISTRY: Dict[str, ModelInfo] = {}
 
 def register_model(name: str, *, family: str, year: int, paper: str, min_size, max_size=None,
                    default_input=(3, 224, 224), default_classes=1000, task: str = "classification",
-                   size_check=None):
+                   size_check=None, sized_options=None):
     """Decorator: add a builder to the registry. Names are unique. task: what the network predicts
     (cnnbench/tasks/ has one file per task); a classifier returns (B, classes) scores, a segmenter
     (B, classes, H', W') per-pixel scores. size_check(size, **options): why an input size at or
     above the minimum still cannot be used (None if it can), for networks with more rules than a
-    minimum (U-Net's unpadded layout)."""
+    minimum (U-Net's unpadded layout). sized_options(size): the values of options that follow the
+    input size (YOLO's grid), for those a config leaves null (run.resolve writes them in)."""
 
     def wrap(builder):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = ModelInfo(name, builder, family, year, paper, tuple(default_input),
-                                    default_classes, min_size, max_size, task=task, size_check=size_check)
+                                    default_classes, min_size, max_size, task=task, size_check=size_check,
+                                    sized_options=sized_options)
         return builder
 
     return wrap
