@@ -153,3 +153,56 @@ def test_experiment_segmentation(tmp_path):
     assert by_model["segnet"]["activation_bytes"] < min(by_model[f"fcn{s}s"]["activation_bytes"] for s in (8, 16, 32))
     budgets = {str({k: r["config"][k] for k in ("optimizer", "scheduler", "trainer")}) for r in results}
     assert len(budgets) == 1
+
+
+def test_experiment_rcnn_family(tmp_path):
+    # 64 px canvases from a small fake Fashion-MNIST, one step of 2 images, one epoch; MobileNet v2
+    # for VGG-16 and R-CNN's proposals warped to 32 px: R-CNN's VGG-16 at 224 px per proposal costs
+    # minutes a step on a CPU. What the experiment is about holds at any size: the costs' split.
+    from test_segmentation_data import fake_fashion_mnist
+
+    root = fake_fashion_mnist(tmp_path / "fashion")
+    results = run_experiment("rcnn_family", tmp_path, "dataset.canvas=64", "dataset.train_size=4",
+                             "dataset.val_size=4", "dataset.batch_size=2", "trainer.epochs=1",
+                             "trainer.max_steps_per_epoch=1", "trainer.max_eval_steps=2", "trainer.checkpoint=false",
+                             "per_model.any.backbone=mobilenet_v2", "+per_model.rcnn.warp=32",
+                             "+per_model.any.proposals=16", data=[f"dataset.root={root}"])
+    by_model = {r["model"]: r for r in results}
+    assert sorted(by_model) == sorted(swept("rcnn_family")["model"]) == ["fast_rcnn", "faster_rcnn", "rcnn"]
+    assert {r["config"]["model"]["backbone"] for r in results} == {"mobilenet_v2"}  # one backbone for all
+    assert all(r["task"] == "detection" and 0 <= r["map"] <= 1 and r["inference_images_per_s"] > 0 for r in results)
+    rcnn, fast, faster = by_model["rcnn"], by_model["fast_rcnn"], by_model["faster_rcnn"]
+    # R-CNN: the CNN once per proposal; Fast and Faster R-CNN: once per image
+    assert rcnn["cnn_passes_per_image"] == rcnn["proposals_per_image"] > 1
+    assert fast["cnn_passes_per_image"] == faster["cnn_passes_per_image"] == 1
+    # Selective Search's seconds where it runs, none where the RPN proposes
+    assert rcnn["proposal_s_per_image"] > 0 and fast["proposal_s_per_image"] > 0
+    assert faster["proposal_s_per_image"] is None and faster["proposals_per_image"] > 0
+    assert not any(r["config"]["dataset"]["augment"] for r in results)  # proposals searched once per image
+    budgets = {str({k: r["config"][k] for k in ("optimizer", "scheduler", "trainer")}) for r in results}
+    assert len(budgets) == 1
+
+
+def test_experiment_detection(tmp_path):
+    # SSD's smallest input (268 px), one step of 2 images; YOLO at a quarter of its width (its
+    # 205 M-parameter first fc layer alone takes seconds to initialise) and Faster R-CNN on
+    # MobileNet v2 for VGG-16: the experiment's point, one table of mAP against inference speed.
+    from test_segmentation_data import fake_fashion_mnist
+
+    root = fake_fashion_mnist(tmp_path / "fashion")
+    results = run_experiment("detection", tmp_path, "dataset.canvas=64", "dataset.image_size=268",
+                             "dataset.train_size=2", "dataset.val_size=2", "dataset.batch_size=2", "trainer.epochs=1",
+                             "trainer.max_steps_per_epoch=1", "trainer.max_eval_steps=1", "trainer.checkpoint=false",
+                             "per_model.faster_rcnn.backbone=mobilenet_v2", "+per_model.yolo_v1.width=0.25",
+                             data=[f"dataset.root={root}"])
+    by_model = {r["model"]: r for r in results}
+    assert sorted(by_model) == sorted(swept("detection")["model"]) == ["faster_rcnn", "ssd300", "yolo_v1"]
+    assert {tuple(r["input_shape"]) for r in results} == {(1, 268, 268)}  # one input size for all
+    assert by_model["yolo_v1"]["config"]["model"]["grid"] == 7  # the paper's grid from 112 px
+    for r in results:
+        assert r["task"] == "detection" and 0 <= r["map"] <= 1 and r["inference_images_per_s"] > 0
+        assert r["cnn_passes_per_image"] == 1
+    assert by_model["ssd300"]["proposals_per_image"] is None and by_model["yolo_v1"]["proposals_per_image"] is None
+    assert by_model["faster_rcnn"]["proposals_per_image"] > 0
+    budgets = {str({k: r["config"][k] for k in ("optimizer", "scheduler", "trainer")}) for r in results}
+    assert len(budgets) == 1
