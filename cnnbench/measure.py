@@ -345,7 +345,7 @@ def mfu(macs_per_image: int, images_per_s: Optional[float], device: torch.device
         processes: int = 1) -> Optional[float]:
     """Model FLOP/s utilisation of training: 3 x forward FLOPs per image (forward, and backward's
     two products) x images/s, over the dense peak of the GPUs used. None on the CPU or an unknown GPU."""
-    if device.type != "cuda" or not images_per_s:
+    if device.type != "cuda" or not images_per_s or not macs_per_image:
         return None
     key = _peak_key(device)
     if key is None:

@@ -1425,6 +1425,7 @@ def models_table(pattern: str = "*", input_shape: tuple | None = None, classes: 
 
     from cnnbench.measure import count_macs, count_macs_of, count_params
     from cnnbench.models import create_model, get_model_info, list_models
+    from cnnbench.models.proposals import every_proposal
     from cnnbench.tasks import get_task
 
     names = list_models(pattern)
@@ -1435,22 +1436,33 @@ def models_table(pattern: str = "*", input_shape: tuple | None = None, classes: 
         info = get_model_info(name)
         shape = input_shape or info.default_input
         n_classes = classes or info.default_classes
-        min_px = info.min_input()
+        sized = info.sized_options(shape[1]) if info.sized_options else {}  # YOLO's grid follows the size
+        min_px = info.min_input(**sized)
 
         if not min_px <= shape[1] <= (info.max_size or shape[1]):
             fits = (f"{min_px}" if info.max_size == min_px
                     else f"{min_px}-{info.max_size}" if info.max_size else f"{min_px}+")
             params, macs = "—", f"needs {fits} px"
         else:
+            def build(count=None, name=name, n_classes=n_classes, shape=shape, sized=sized):
+                net = create_model(name, num_classes=n_classes, in_channels=shape[0], **sized)
+                every_proposal(net, count)  # R-CNN, Fast R-CNN: at exactly this many proposals
+                return net
+
             with torch.device("meta"):  # shapes only: no memory, no arithmetic
-                model = create_model(name, num_classes=n_classes, in_channels=shape[0])
+                model = build()
             params = f"{count_params(model)[0]:,}"  # for inference: no auxiliary heads
             try:
                 macs = gmacs(count_macs_of(model, shape))
             except (NotImplementedError, RuntimeError):  # a detector: proposals kept by their scores,
                 task = get_task(info.task)  # data-dependent shapes the meta device cannot run; on the CPU
-                macs = gmacs(count_macs(lambda: create_model(name, num_classes=n_classes, in_channels=shape[0]),
-                                        shape, task.cost_forward)) + " *"
+                search = next((m for m in model.modules() if getattr(m, "fixed", None)), None)
+                if search is None:
+                    macs = count_macs(build, shape, task.cost_forward)
+                else:  # R-CNN and Fast R-CNN cost the same per proposal: two counts give the line
+                    one, two = (count_macs(lambda k=k: build(k), shape, task.cost_forward) for k in (1, 2))
+                    macs = one + (search.fixed - 1) * (two - one)
+                macs = gmacs(macs) + " *"
                 starred = True
         rows.append(dict(zip(MODEL_COLUMNS, (name, info.task, info.family, str(info.year), info.paper,
                                              "x".join(map(str, shape)), str(n_classes), params, macs, str(min_px)))))
@@ -1463,8 +1475,9 @@ def models_table(pattern: str = "*", input_shape: tuple | None = None, classes: 
                                 title=f"cnnbench models ({len(names)}), counted at {at}",
                                 caption="GMACs: 10^9 multiply-accumulates per image, forward; FLOPs = 2 x MACs"
                                 + ("\n* counted on the CPU in evaluation mode, on a seeded random image with the "
-                                   "weights as initialised: a two-stage detector's proposals, and so its MACs, depend "
-                                   "on both" if starred else ""))
+                                   "weights as initialised: Faster R-CNN's proposals, and so its MACs, depend on both; "
+                                   "R-CNN and Fast R-CNN are counted at exactly their model.proposals (2,000) "
+                                   "proposals, Selective Search having no MACs" if starred else ""))
     print_whole(table, console)
     if any(c.name == "paper" for c in left_out):  # each paper once, after the models from it
         papers: dict[str, list[str]] = {}

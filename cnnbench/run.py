@@ -33,6 +33,7 @@ from cnnbench.tasks.classification import CLASSIFICATION
 from cnnbench.errors import CnnbenchError, RunFailed, RunInterrupted
 from cnnbench.data.folder import READER_VERSION as FOLDER_READER
 from cnnbench.models import create_model, external, get_model_info, weights
+from cnnbench.models.proposals import every_proposal
 from cnnbench.report import gmacs
 
 log = logging.getLogger("cnnbench")
@@ -810,7 +811,8 @@ def _build_model(m, num_classes: int, input_shape: tuple, task: Task,
         "macs": (macs := measure.count_macs(build, input_shape, task.cost_forward, image)),
         "flops": 2 * macs,  # per image, forward pass; FLOPs = 2 x MACs
         "activation_bytes": measure.activation_bytes(build, input_shape, forward=task.cost_forward),
-        "param_bytes": param_bytes}
+        "param_bytes": param_bytes,
+        "macs_note": task.macs_note(options, model)}  # where the MACs depend on the image (a detector's proposals)
 
 
 def _new_record(cfg: DictConfig, run: "Run", task: Task, data, facts: Dict[str, Any], input_shape: tuple,
@@ -825,8 +827,7 @@ def _new_record(cfg: DictConfig, run: "Run", task: Task, data, facts: Dict[str, 
         "seed": cfg.seed, "task": task.name,
         "score": {"key": task.score, "higher_is_better": task.higher_is_better},  # the headline figure
         "model_source": _model_source(cfg),  # an external network's import path and file hash, or library
-        **facts,  # params, MACs and activation bytes per image at input_shape (_build_model)
-        "macs_note": task.macs_note(model_options(m)),  # where the MACs depend on the image (a detector's proposals)
+        **facts,  # params, MACs (and what they count) and activation bytes per image at input_shape (_build_model)
         "peak_memory_bytes": None, "peak_memory_kind": None, "train_images_per_s": None,
         "input_shape": list(input_shape), "num_classes": num_classes, "batch_size": d.batch_size,
         "world_size": world.size, "global_batch_size": d.batch_size * world.size,  # batch_size is per process
@@ -924,6 +925,12 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
 
     results = _new_record(cfg, run, task, data, facts, input_shape, num_classes, optimizer, device, world, amp,
                           channels_last, used, others_start)
+    if getattr(model, "proposal_source", None):  # a two-stage detector: its MACs are evaluation's, at its proposals
+        macs_trained = None
+        results["mfu_note"] = ("no mfu: a two-stage detector's training forward runs other proposals (64 sampled "
+                               "per image) than the evaluation MACs count, so 3 x MACs is not what it trains on")
+    else:
+        macs_trained = macs
     start_epoch, global_step, prior_wall, resumed_epoch = 0, 0, 0.0, None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["weights"])
@@ -1040,7 +1047,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                                     dtype=torch.float64, device=device)
                 unreadable, short = (int(v) for v in distributed.all_sum(lost).tolist())
                 results.update(train_images=data.train_size - unreadable, train_images_used=used - short)
-                _record_totals(results, macs, device, amp, world.size)
+                _record_totals(results, macs_trained, device, amp, world.size)
                 results["wall_time_s"] = prior_wall + time.perf_counter() - t_start
                 log.info(_epoch_line(row, t.epochs, num_classes, task))
                 if t.checkpoint:
@@ -1122,9 +1129,11 @@ def _record_evaluation(task: Task, val: Dict[str, Any], row: Dict[str, Any], res
     return improved
 
 
-def _record_totals(results: Dict[str, Any], macs: int, device: torch.device, amp: str, world_size: int) -> None:
+def _record_totals(results: Dict[str, Any], macs: Optional[int], device: torch.device, amp: str,
+                   world_size: int) -> None:
     """The run's figures over its history so far: epochs, skipped steps, the steady-state images/s
-    (median over epochs), seconds waiting for data and computing, MFU and peak memory."""
+    (median over epochs), seconds waiting for data and computing, MFU (None without macs: the
+    forward MACs of what trains) and peak memory."""
     history = results["history"]
     results["epochs"] = history[-1]["epoch"]
     results["skipped_steps"] = sum(r.get("skipped_steps") or 0 for r in history)
@@ -1333,8 +1342,11 @@ def profile(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     options = model_options(m)
 
     def build():
-        return external.materialize(create_model(m.name, num_classes=num_classes, in_channels=m.in_channels,
-                                                 **options), input_shape)
+        # R-CNN and Fast R-CNN at exactly model.proposals proposals: a random image gives Selective Search few
+        net = external.materialize(create_model(m.name, num_classes=num_classes, in_channels=m.in_channels,
+                                                **options), input_shape)
+        every_proposal(net)
+        return net
 
     model = build().to(device)
     params, trainable, param_bytes, training_only = measure.count_params(model)
@@ -1354,7 +1366,8 @@ def profile(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "param_bytes": param_bytes,
         "macs": macs, "flops": 2 * macs,  # per image, forward, evaluation mode
         "train_macs": train_macs, "train_flops": 2 * train_macs,  # per image, forward + backward
-        "macs_note": task.macs_note(options),
+        "macs_note": task.macs_note(options, model),
+        "proposals_note": every_proposal(model),  # R-CNN, Fast R-CNN: what their figures leave out
         "activation_bytes": measure.activation_bytes(build, input_shape, forward=task.cost_forward),  # per image, kept
         "batches": rows,  # latency and throughput per batch size (medians; warm-up excluded)
         "max_train_batch": (measure.max_train_batch(model, input_shape, device, loss=task.probe_loss,

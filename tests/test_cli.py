@@ -20,6 +20,13 @@ def test_models_lists_the_zoo_with_counts(tmp_path):
     small = cnnbench("models", "resnet18", "--input", "1x32x32", "--classes", "10", cwd=tmp_path)
     assert small.returncode == 0 and "1x32x32" in small.stdout and "resnet50" not in small.stdout
     assert "11,175,370" in small.stdout  # 1 input channel, 10 classes
+    # the detectors: R-CNN at exactly its 2,000 proposals (2,000 x AlexNet's 1.135 GMACs at 227 px);
+    # YOLO's grid following the input (64 px: 4 x 4, 129,235,488 parameters at 20 classes)
+    for text in ("rcnn", "58,711,529", "2263.180 *", "yolo_v1", "271,703,550", "20.285",
+                 "R-CNN and Fast R-CNN are counted at exactly their model.proposals (2,000)"):
+        assert text in " ".join(r.stdout.split()), text
+    yolo = cnnbench("models", "yolo_v1", "--input", "3x64x64", cwd=tmp_path)
+    assert yolo.returncode == 0 and "129,235,488" in yolo.stdout and "1.142" in yolo.stdout
 
 
 def test_compare_two_runs(tmp_path, tiny_run):

@@ -38,6 +38,9 @@ def test_faster_rcnn_trains_on_scene_boxes_and_records_coco_figures(detection_ru
     assert {"train_objects", "val_map", "val_map50"} <= set(r["history"][0])
     assert r["history"][0]["train_objects"] > 0  # objects per image in the training batches
     assert "proposals" in r["macs_note"] and r["macs"] > 0 and r["activation_bytes"] > 0
+    # its evaluation MACs (300 proposals) are not what a training step runs (64 sampled): no MFU from them
+    assert r["mfu"] is None and r["mfu_note"].startswith("no mfu: a two-stage detector's training forward")
+    assert r["inference_images_per_s"] > 0 and 0 < r["proposals_per_image"] <= 300 and r["cnn_passes_per_image"] == 1
     assert r["data_notes"]["boxes"]["train"] > 0
     assert "mAP / AP50 / AP75 / AR@100" in stdout
 

@@ -83,20 +83,70 @@ def test_selective_search_keeps_top_n_and_gives_a_blank_image_the_whole_image():
 
 
 def test_rcnn_warp_dilates_for_context_and_resamples_to_its_size():
-    """R-CNN Appendix A: a box dilated so that p px of the warped size are context. On a linear
-    ramp, bilinear resampling at pixel centres gives the pixels back: a 10 px box warped to 20 px
-    with 5 px of context is the 20 px around it, 1:1."""
-    ramp = (torch.arange(40.0)[None, :] + 40 * torch.arange(40.0)[:, None])[None, None]  # (1, 1, 40, 40)
+    """R-CNN Appendix A: a box dilated so that p = 16 px of the 227 px warped image are context (the
+    same share at other warp sizes), then resampled to the warp size, whatever its aspect ratio.
+    On a linear ramp bilinear resampling at pixel centres gives the pixels back."""
+    from cnnbench.models.rcnn import Crops
+
     tally = Tally(passes=True)
-    warp = Warp(20, context=5, tally=tally).eval()
-    out = warp({"0": ramp}, [torch.tensor([[10.0, 10.0, 20.0, 20.0]])], [(40, 40)])
-    assert out.shape == (1, 1, 20, 20)
-    torch.testing.assert_close(out[0, 0], ramp[0, 0, 5:25, 5:25])
-    assert tally.cnn_passes == 1
-    # no context: the box itself, stretched to the warp size whatever its aspect ratio (the paper's "warp")
-    wide = Warp(8, context=0).eval()({"0": ramp}, [torch.tensor([[4.0, 4.0, 20.0, 12.0]])], [(40, 40)])
-    assert wide.shape == (1, 1, 8, 8)
+    box = torch.tensor([[100.0, 100.0, 295.0, 295.0]])
+    crops = Warp(227, tally=tally).eval()({"0": torch.zeros(1, 1, 8, 8)}, [box], [(400, 400)])
+    assert crops.rois.tolist() == [[0.0, 84.0, 84.0, 311.0, 311.0]]  # 195 px + 16 px a side = 227 px
+    assert tally.cnn_passes == 1  # one CNN pass per proposal
+    assert Warp(32).context == pytest.approx(16 * 32 / 227)  # 2.3 px of a 32 px warp, not 16
+    ramp = (torch.arange(40.0)[None, :] + 40 * torch.arange(40.0)[:, None])[None, None]  # (1, 1, 40, 40)
+    same = Crops(ramp, torch.tensor([[0.0, 5.0, 5.0, 25.0, 25.0]]), 20).warped()
+    torch.testing.assert_close(same[0, 0], ramp[0, 0, 5:25, 5:25])
+    wide = Crops(ramp, torch.tensor([[0.0, 4.0, 4.0, 20.0, 12.0]]), 8).warped()  # 16 x 8 px to 8 x 8
     torch.testing.assert_close(wide[0, 0], ramp[0, 0, 4:12, 4:20:2] + 0.5)  # 2 px a column: their mean
+
+
+def test_rcnn_runs_its_cnn_on_chunks_of_proposals_in_evaluation(monkeypatch):
+    """The warped proposals of a batch are made and run CHUNK at a time (2,000 a image at 227 px
+    would not fit at once): the same features as all at once."""
+    import cnnbench.models.rcnn as rcnn
+    from cnnbench.models.rcnn import Crops, WarpedCNN
+
+    torch.manual_seed(0)
+    head = WarpedCNN("lenet5", 1, 32).eval()
+    crops = Crops(torch.randn(2, 1, 64, 64), torch.cat([torch.tensor([[0.0], [1.0]]).repeat(3, 1),
+                                                        torch.rand(6, 2) * 30, 34 + torch.rand(6, 2) * 30], 1), 32)
+    with torch.no_grad():
+        whole = head(crops)
+        monkeypatch.setattr(rcnn, "CHUNK", 4)
+        torch.testing.assert_close(head(crops), whole)
+    assert whole.shape == (6, head.out_features)
+
+
+def test_rcnn_leaves_out_googlenets_auxiliary_classifiers():
+    """Their outputs would be thrown away: parameters without gradients (torchrun's DDP stops on
+    them) and MACs for nothing."""
+    with torch.device("meta"):
+        model = create_model("rcnn", num_classes=3, in_channels=3, backbone="googlenet")
+    assert not [n for n, _ in model.named_parameters() if "aux" in n]
+
+
+def test_detector_options_out_of_range_are_refused():
+    for name, options, says in [("rcnn", {"proposals": 0}, "proposals must be 1 or more"),
+                                ("fast_rcnn", {"proposals": -3}, "proposals must be 1 or more"),
+                                ("faster_rcnn", {"proposals": 0}, "proposals must be 1 or more"),
+                                ("rcnn", {"warp": 0}, "warp must be 8 px or more")]:
+        with pytest.raises(ValueError, match=says):
+            create_model(name, num_classes=3, in_channels=3, **options)
+
+
+def test_every_proposal_gives_exactly_top_n_boxes_without_searching():
+    """cnnbench models and profile: R-CNN and Fast R-CNN at their model.proposals, as a photograph
+    would give Selective Search ~2,000 regions and a random image gives it few."""
+    from cnnbench.models.proposals import every_proposal, spread_boxes
+
+    model = create_model("fast_rcnn", num_classes=3, in_channels=1, backbone="mobilenet_v2", proposals=50)
+    assert "exactly model.proposals (50)" in every_proposal(model)
+    proposals, _ = model.rpn.eval()(images_of(torch.zeros(1, 64, 48)))
+    assert proposals[0].shape == (50, 4) and torch.equal(proposals[0], spread_boxes(50, 64, 48))
+    b = proposals[0]
+    assert (b[:, :2] >= 0).all() and (b[:, 2] <= 48).all() and (b[:, 3] <= 64).all() and (b[:, 2:] > b[:, :2]).all()
+    assert model.tally.proposals == 50 and every_proposal(create_model("ssd300", num_classes=3)) is None
 
 
 def test_fast_rcnn_has_faster_rcnns_parameters_without_the_rpn():
@@ -154,6 +204,12 @@ def test_evaluation_costs_are_per_image_and_split_the_search_from_the_network():
     assert costs == pytest.approx({"inference_images_per_s": 10 / (2.0 + 2.5), "proposals_per_image": 40.0,
                                    "cnn_passes_per_image": 40.0, "proposal_s_per_image": 0.25,
                                    "network_s_per_image": 0.2})
+    # the first batch of several is left out: its warm-up is no steady state
+    t.batches, t.warm = 2, (2, 2.0, 80, 80, 0.5, 0.5)  # after batch 1: 2 images in 2 s, 0.5 s of it searching
+    # the other 8 images: 1 s, 0.5 s of it searching (+ 1.5 s of cached searches): network 0.5 s, search 2 s
+    assert DETECTION.evaluation_costs(model, torch.device("cpu")) == pytest.approx({
+        "inference_images_per_s": 8 / (0.5 + 2.0), "proposals_per_image": 40.0, "cnn_passes_per_image": 40.0,
+        "proposal_s_per_image": 0.25, "network_s_per_image": 0.5 / 8})
     single = torch.nn.Module()  # a single-shot detector counts nothing: one pass per image, no proposals
     DETECTION.start_evaluation(single)
     single.tally.images, single.tally.seconds = 4, 2.0
@@ -239,3 +295,15 @@ def test_a_detection_run_stopped_after_an_epoch_resumes_to_the_same_weights(scen
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["map"] == straight["map"] and resumed["per_class_ap"] == straight["per_class_ap"]
     assert resumed["proposals_per_image"] == straight["proposals_per_image"]
+
+
+def test_profile_counts_and_times_fast_rcnn_at_exactly_its_proposals(tmp_path):
+    import json
+
+    r = cnnbench("profile", "model=fast_rcnn", "model.backbone=mobilenet_v2", "model.proposals=16",
+                 "dataset=fashion_scenes", "dataset.canvas=64", "profile.batch_sizes=[2]", "profile.repeats=1",
+                 "profile.warmup=0", "trainer.device=cpu", f"hydra.run.dir={tmp_path / 'p'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    p = json.loads((tmp_path / "p" / "profile.json").read_text())
+    assert p["proposals_note"].startswith("Counted and timed at exactly model.proposals (16) proposals")
+    assert "Selective Search" in p["macs_note"] and p["macs"] > 0 and p["batches"][0]["infer_images_per_s"] > 0

@@ -25,6 +25,8 @@ RoI heads, losses, anchor matching, NMS), with these choices, each the paper's u
   RoIPool subclasses it.
 - Box head: a proposal is a foreground example at IoU >= 0.5 with a box; torchvision calls
   everything below 0.5 background, where Fast R-CNN (section 2.3) takes [0.1, 0.5).
+- Detections: per-class NMS at IoU 0.3 (the authors' released test code; torchvision's default
+  is 0.5), at most 100 per image.
 - Images are not resized (the paper rescales to 600 px): the run's input size is the detector's,
   and the data is already normalised, so torchvision's transform only batches.
 Classes: num_classes object classes; the background is the network's extra output 0 (num_classes
@@ -46,6 +48,9 @@ from cnnbench.models.registry import create_model, register_model
 
 ANCHOR_SIZES = (128 / 600, 256 / 600, 512 / 600)  # section 3.1.1's scales on its ~600 px images
 ANCHOR_RATIOS = (0.5, 1.0, 2.0)  # height / width, as torchvision states them: 1:2, 1:1, 2:1
+# Per-class NMS of the detections at test time: IoU 0.3, the authors' released test code
+# (rbgirshick/py-faster-rcnn and fast-rcnn, cfg.TEST.NMS; R-CNN's likewise); torchvision's is 0.5
+NMS = 0.3
 
 
 # --- parts ---------------------------------------------------------------------------------------
@@ -131,12 +136,14 @@ class FasterRCNN(TorchvisionFasterRCNN):
     loss}: the RPN's objectness and box losses and the detection head's classification and box
     losses (the paper's 4-step alternating training replaced by joint training, section 3.2's
     "approximate joint training", as torchvision does). Evaluation: model(images) -> list of
-    {"boxes", "labels", "scores"} per image, after per-class NMS (IoU 0.5)."""
+    {"boxes", "labels", "scores"} per image, after per-class NMS (IoU 0.3, the released code's)."""
 
     def __init__(self, num_classes: int = 20, in_channels: int = 3, backbone: str = "vgg16",
                  anchor_sizes: Sequence[float] = ANCHOR_SIZES, anchor_ratios: Sequence[float] = ANCHOR_RATIOS,
                  proposals: int = 300):
         body, channels, stride, width = backbone_of(backbone, in_channels)
+        if proposals < 1:
+            raise ValueError(f"proposals must be 1 or more (the paper keeps 300 in testing), not {proposals}")
         anchors = RelativeAnchors(anchor_sizes, anchor_ratios)
         super().__init__(
             Backbone(body, channels), num_classes=None, rpn_anchor_generator=anchors,
@@ -144,11 +151,13 @@ class FasterRCNN(TorchvisionFasterRCNN):
             rpn_pre_nms_top_n_test=6000, rpn_post_nms_top_n_test=proposals,
             box_roi_pool=RoIPool(stride, 7),
             box_head=TwoMLPHead(channels * 7 * 7, width),
-            box_predictor=FastRCNNPredictor(width, num_classes + 1))  # + 1: the background
+            box_predictor=FastRCNNPredictor(width, num_classes + 1),  # + 1: the background
+            box_nms_thresh=NMS)
         self.transform = BatchOnly(in_channels)
         self.stride = stride
         # Proposals per image in evaluation, for the record (tasks/detection.py); one CNN pass per image
         self.tally = self.rpn.tally = Tally(proposals=True)
+        self.proposal_source = "rpn"  # for the MACs' note (tasks/detection.py)
         self.rpn.register_forward_hook(_count_proposals)
         # The layers whose shapes follow the classes (models/weights.py)
         self.head_layers = ["roi_heads.box_predictor"]

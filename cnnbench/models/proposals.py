@@ -42,11 +42,17 @@ class Tally:
 
     def reset(self) -> None:
         proposals, passes, search = self.counts
-        self.images, self.seconds = 0, 0.0
+        self.images, self.seconds, self.batches = 0, 0.0, 0
+        self.warm: Optional[tuple] = None  # totals() after the first batch (Detection.predict)
         self.proposals = 0 if proposals else None
         self.cnn_passes = 0 if passes else None
         self.proposal_s = 0.0 if search else None
         self.proposal_wall_s = 0.0
+
+    def totals(self) -> tuple:
+        """(images, seconds, proposals, cnn_passes, proposal_s, proposal_wall_s), 0 for None."""
+        return (self.images, self.seconds, self.proposals or 0, self.cnn_passes or 0, self.proposal_s or 0.0,
+                self.proposal_wall_s)
 
     def count_proposals(self, boxes: List[torch.Tensor]) -> None:
         """Add one batch's proposals, a (n_i, 4) tensor per image (their sizes: no host read)."""
@@ -84,8 +90,11 @@ def _check_opencv():
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """A normalised (C, H, W) float image as the (H, W, 3) uint8 BGR array OpenCV takes: its values
-    stretched to 0-255 over the whole image (one affine map for all channels, so colours keep their
-    ratios), 1 channel repeated to 3, channels past the third dropped."""
+    stretched to 0-255 over the whole image (one affine map for all channels), 1 channel repeated
+    to 3, channels past the third dropped. The dataset's per-channel normalisation is not undone
+    (the detector does not know its mean and std), so colours are shifted channel by channel
+    (an ImageNet-normalised grey turns bluish); the search compares regions within one image, and
+    on fashion_scenes' grey canvases nothing changes."""
     x = image.float()
     lo, hi = x.min(), x.max()
     x = ((x - lo) * (255.0 / max(float(hi - lo), 1e-6))).round().clamp(0, 255).to(torch.uint8)
@@ -118,7 +127,11 @@ class SelectiveSearch(nn.Module):
         super().__init__()
         if mode not in ("fast", "quality"):
             raise ValueError(f"Selective Search's mode is fast or quality, not {mode!r}")
+        if top_n < 1:
+            raise ValueError(f"proposals must be 1 or more (the papers take ~2,000 a image), not {top_n}")
         self.mode, self.top_n = mode, top_n
+        self.caching = True  # False: every image searched afresh (cnnbench profile times the search)
+        self.fixed: Optional[int] = None  # exactly this many boxes, no search: counting MACs (every_proposal)
         self.tally = tally or Tally(proposals=True, search=True)
         self.cache: "OrderedDict[bytes, Tuple[np.ndarray, float]]" = OrderedDict()
         self.cache_bytes = 0
@@ -128,7 +141,7 @@ class SelectiveSearch(nn.Module):
         """Proposals of one (H, W, 3) uint8 BGR image: ((n, 4) float32 x1, y1, x2, y2 px, x2/y2
         exclusive; the seconds the search took; whether they came from the cache)."""
         key = hashlib.blake2b(image.tobytes() + repr((image.shape, self.mode)).encode(), digest_size=16).digest()
-        hit = self.cache.get(key)
+        hit = self.cache.get(key) if self.caching else None
         if hit is not None:
             self.cache.move_to_end(key)
             return (*hit, True)
@@ -160,12 +173,17 @@ class SelectiveSearch(nn.Module):
         if counting and tensors.device.type == "cuda":
             torch.cuda.synchronize(tensors.device)  # the backbone's queued work is not the search's time
         t0 = time.perf_counter()
+        if self.fixed is not None:
+            proposals = [spread_boxes(self.fixed, h, w).to(tensors.device) for h, w in images.image_sizes]
+            if counting:
+                self.tally.count_proposals(proposals)
+            return proposals, {}
         host = tensors.float().cpu()  # one copy for the batch
         proposals, cached = [], 0.0
         for x, (h, w) in zip(host, images.image_sizes):
             boxes, seconds, hit = self.search(to_uint8(x[:, :h, :w]))
             boxes = boxes[:self.top_n] if len(boxes) else np.array([[0, 0, w, h]], np.float32)
-            proposals.append(torch.from_numpy(boxes).to(tensors.device))
+            proposals.append(torch.from_numpy(boxes.copy()).to(tensors.device))  # a copy: the cache keeps its own
             cached += seconds if hit else 0.0
         if counting:  # this forward's time, and what the cached images' searches took when they ran
             wall = time.perf_counter() - t0
@@ -173,3 +191,29 @@ class SelectiveSearch(nn.Module):
             self.tally.proposal_s += wall + cached
             self.tally.count_proposals(proposals)
         return proposals, {}
+
+
+def spread_boxes(n: int, height: int, width: int) -> torch.Tensor:
+    """n boxes (n, 4) x1, y1, x2, y2 px inside a height x width image, the same for the same
+    arguments: sides from a tenth of the image to all of it, anywhere. What a detector's MACs are
+    counted on without data (every_proposal)."""
+    g = torch.Generator().manual_seed(0)
+    size = torch.rand(n, 2, generator=g) * 0.9 + 0.1  # fractions of (width, height)
+    corner = torch.rand(n, 2, generator=g) * (1 - size)
+    scale = torch.tensor([float(width), float(height)])
+    return torch.cat([corner * scale, (corner + size) * scale], 1)
+
+
+def every_proposal(model: nn.Module, count: Optional[int] = None) -> Optional[str]:
+    """Make model's Selective Search stages give exactly their top_n boxes per image (or count),
+    without searching: for `cnnbench models` and `cnnbench profile`, whose random images would give
+    Selective Search few regions (a photograph gives ~2,000). Returns what that means for the
+    figures, or None where the model has no such stage."""
+    stages = [m for m in model.modules() if isinstance(m, SelectiveSearch)]
+    for m in stages:
+        m.fixed, m.caching = count or m.top_n, False
+    if not stages:
+        return None
+    return (f"Counted and timed at exactly model.proposals ({stages[0].top_n}) proposals per image, spread over the "
+            f"image, without Selective Search: it runs per image on the CPU outside the network (a run records its "
+            f"seconds as proposal_s_per_image).")

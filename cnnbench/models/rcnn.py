@@ -11,9 +11,11 @@ its box regressed. Here:
   linear SVMs on frozen features after fine-tuning and regresses boxes from pool5 (section 2.3,
   Appendix C). Appendix B reports the softmax 50.9% mAP against the SVMs' 54.2% on VOC 2007: a
   cost of the choice, taken for one training stage instead of three;
-- fine-tuning samples 64 proposals per image, a quarter of them foreground (IoU >= 0.5 with a
-  box, the paper's rule; the rest background), where the paper draws 32 + 96 per 128 from all
-  images of the batch: the same proportion, and Fast R-CNN's 64 per image below;
+- fine-tuning samples 16 proposals per image, a quarter of them foreground (IoU >= 0.5 with a
+  box, the paper's rule; the rest background): at batch 8 (the rcnn_family experiment's) the
+  paper's 128-window mini-batch of 32 foreground + 96 background (section 2.3), which it draws
+  from all images of the batch. Every window is a whole CNN pass kept for backward: 64 a image
+  at batch 8 took 24 GB of a CPU's memory with MobileNet v2 at 224 px;
 - the CNN is any zoo classifier (`model.backbone`: alexnet, the paper's, by default), its last
   layer removed; `model.warp` px (the classifier's own input size by default: 227 for AlexNet).
 
@@ -31,7 +33,7 @@ evaluation costs (Tally): proposals per image, CNN passes per image, and the sec
 search. Classes: num_classes object classes; the background is the network's extra output 0.
 """
 
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -41,24 +43,26 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from cnnbench.errors import CnnbenchError
 from cnnbench.models import weights
-from cnnbench.models.faster_rcnn import Backbone, BatchOnly, RoIPool, backbone_of
+from cnnbench.models.faster_rcnn import NMS, Backbone, BatchOnly, RoIPool, backbone_of
 from cnnbench.models.proposals import SelectiveSearch, Tally
 from cnnbench.models.registry import create_model, get_model_info, register_model
 
 ROIS_PER_IMAGE = 64  # Fast R-CNN section 2.3: mini-batches of 2 images x 64 RoIs, 25% foreground
+WINDOWS_PER_IMAGE = 16  # R-CNN section 2.3: 128 windows a step (32 + 96), here at batch 8
 FOREGROUND = 0.25
-CONTEXT = 16  # R-CNN Appendix A: px of the warped image around the proposal ("p = 16")
+CONTEXT = 16  # R-CNN Appendix A: px of the 227 px warped image around the proposal ("p = 16")
 CHUNK = 256  # R-CNN in evaluation: warped proposals through the CNN this many at a time (memory)
 
 
 def _detector(backbone: nn.Module, box_roi_pool: nn.Module, box_head: nn.Module, features: int, num_classes: int,
-              in_channels: int, search: str, proposals: int, tally: Tally) -> TorchvisionFasterRCNN:
+              in_channels: int, search: str, proposals: int, tally: Tally, rois: int) -> TorchvisionFasterRCNN:
     """torchvision's two-stage detector with Selective Search in the RPN's place."""
     model = TorchvisionFasterRCNN(
         backbone, num_classes=None, box_roi_pool=box_roi_pool, box_head=box_head,
         box_predictor=FastRCNNPredictor(features, num_classes + 1),  # + 1: the background
-        box_batch_size_per_image=ROIS_PER_IMAGE, box_positive_fraction=FOREGROUND)
+        box_batch_size_per_image=rois, box_positive_fraction=FOREGROUND, box_nms_thresh=NMS)
     model.rpn = SelectiveSearch(search, proposals, tally)
+    model.proposal_source = "selective_search"  # for the MACs' note (tasks/detection.py)
     model.transform = BatchOnly(in_channels)
     model.tally = tally
     model.head_layers = ["roi_heads.box_predictor"]  # the layer whose shapes follow the classes (weights.py)
@@ -77,11 +81,12 @@ def fast_rcnn(num_classes: int = 20, in_channels: int = 3, backbone: str = "vgg1
     (search: fast | quality), two fc layers (4096 for VGG-16, 1024 otherwise), a softmax over
     num_classes + 1 and per-class boxes. Training: model(images, targets) -> {"loss_classifier",
     "loss_box_reg"}; evaluation: model(images) -> list of {"boxes", "labels", "scores"} after
-    per-class NMS (IoU 0.5). Defaults: VOC's 20 classes at ~600 px (Table 1)."""
+    per-class NMS (IoU 0.3, the released test code's). Defaults: VOC's 20 classes at ~600 px
+    (Table 1)."""
     body, channels, stride, width = backbone_of(backbone, in_channels)
     tally = Tally(proposals=True, search=True)  # one CNN pass per image
     return _detector(Backbone(body, channels), RoIPool(stride, 7), TwoMLPHead(channels * 7 * 7, width), width,
-                     num_classes, in_channels, search, proposals, tally)
+                     num_classes, in_channels, search, proposals, tally, ROIS_PER_IMAGE)
 
 
 # --- R-CNN ---------------------------------------------------------------------------------------
@@ -94,33 +99,51 @@ class Pixels(nn.Identity):
         self.out_channels = channels
 
 
+class Crops(NamedTuple):
+    """The proposals to warp, not yet warped: images (B, C, H, W) and rois (R, 5) [image index, x1,
+    y1, x2, y2] px, already dilated for context. WarpedCNN warps them a chunk at a time."""
+
+    images: torch.Tensor
+    rois: torch.Tensor
+    size: int
+
+    def warped(self, rows: slice = slice(None)) -> torch.Tensor:
+        """rows of the proposals cut out and resampled (bilinear) to size x size: (r, C, size, size)."""
+        return roi_align(self.images, self.rois[rows], (self.size, self.size), spatial_scale=1.0, sampling_ratio=2,
+                         aligned=True)
+
+
 class Warp(MultiScaleRoIAlign):
     """R-CNN's warp (section 2.1, Appendix A): each proposal (x1, y1, x2, y2 px) dilated so that
-    `context` px of the warped image surround it, cut out of the image and resampled (bilinear,
+    `context` px of the warped size surround it (p = 16 of 227 px in the paper: here 16 x size /
+    227, the same share at any warp size), then cut out of the image and resampled (bilinear,
     torchvision.ops.roi_align) to size x size, whatever its aspect ratio. Image outside the image
     reads 0, the mean of a normalised image: the paper pads with the image mean too.
-    features {"0": (B, C, H, W)} -> (R, C, size, size) for R proposals. Counts, in evaluation, one
-    CNN pass per proposal. A MultiScaleRoIAlign by type only (torchvision's FasterRCNN asks)."""
+    features {"0": (B, C, H, W)} -> Crops for R proposals, warped by WarpedCNN a chunk at a time
+    (2,000 proposals of 128 images at 227 px would hold 158 GB at once). Counts, in evaluation,
+    one CNN pass per proposal. A MultiScaleRoIAlign by type only (torchvision's FasterRCNN asks)."""
 
-    def __init__(self, size: int, context: int = CONTEXT, tally: Optional[Tally] = None):
+    def __init__(self, size: int, tally: Optional[Tally] = None):
         super().__init__(["0"], size, sampling_ratio=2)
-        self.size, self.context, self.tally = size, context, tally
+        self.size, self.tally = size, tally
+        self.context = CONTEXT * size / 227
 
-    def forward(self, x, boxes: List[torch.Tensor], image_shapes: List[Tuple[int, int]]) -> torch.Tensor:
+    def forward(self, x, boxes: List[torch.Tensor], image_shapes: List[Tuple[int, int]]) -> Crops:
         if not self.training and self.tally is not None:
             self.tally.cnn_passes += sum(len(b) for b in boxes)
-        grow = self.size / max(self.size - 2 * self.context, 1)  # box side / what the box keeps of the warped side
-        dilated = []
-        for b in boxes:
+        grow = self.size / (self.size - 2 * self.context)  # box side / what the box keeps of the warped side
+        rois = []
+        for i, b in enumerate(boxes):
             centre, half = (b[:, :2] + b[:, 2:]) / 2, (b[:, 2:] - b[:, :2]) * (grow / 2)
-            dilated.append(torch.cat([centre - half, centre + half], 1))
-        return roi_align(x["0"], dilated, (self.size, self.size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+            rois.append(torch.cat([torch.full_like(b[:, :1], i), centre - half, centre + half], 1))
+        return Crops(x["0"], torch.cat(rois) if rois else x["0"].new_zeros(0, 5), self.size)
 
 
 class WarpedCNN(nn.Module):
-    """The zoo classifier `name` without its last layer: (R, C, size, size) warped proposals ->
-    (R, out_features) features (AlexNet's fc7: 4096). In evaluation it runs CHUNK proposals at a
-    time (2,000 warped 227 px crops hold 1.2 GB)."""
+    """The zoo classifier `name` without its last layer (and without auxiliary classifiers:
+    GoogLeNet's): Crops of R proposals -> (R, out_features) features (AlexNet's fc7: 4096), each
+    proposal warped to size x size px and run through the whole network. In evaluation CHUNK
+    proposals at a time are warped and run, to bound the memory."""
 
     def __init__(self, name: str, in_channels: int, size: int):
         super().__init__()
@@ -137,8 +160,10 @@ class WarpedCNN(nn.Module):
                 f"{'' if info.max_size is None else f'-{info.max_size}'} px. Set model.warp to a size {name} takes "
                 f"(its own: {info.default_input[1]} px), or choose another model.backbone.")
 
+        extra = {"aux_logits": False} if "aux_logits" in info.options else {}  # their outputs would go unused
+
         def build():
-            return create_model(name, num_classes=1, in_channels=in_channels)
+            return create_model(name, num_classes=1, in_channels=in_channels, **extra)
 
         last = weights.final_layers(build, (in_channels, size, size))[0]
         self.net = build()
@@ -153,10 +178,11 @@ class WarpedCNN(nn.Module):
         out = net(x)
         return (out[0] if isinstance(out, tuple) else out).flatten(1)  # GoogLeNet in training: (scores, aux)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or len(x) <= CHUNK:
-            return self._features(self.net, x)
-        return torch.cat([self._features(self.net, c) for c in x.split(CHUNK)])
+    def forward(self, crops: Crops) -> torch.Tensor:
+        rows = len(crops.rois)
+        if self.training or rows <= CHUNK:
+            return self._features(self.net, crops.warped())
+        return torch.cat([self._features(self.net, crops.warped(slice(i, i + CHUNK))) for i in range(0, rows, CHUNK)])
 
 
 @register_model("rcnn", family="rcnn", year=2014, min_size=16, default_input=(3, 500, 500), default_classes=20,
@@ -170,9 +196,12 @@ def rcnn(num_classes: int = 20, in_channels: int = 3, backbone: str = "alexnet",
     of context, each through the zoo classifier `backbone` (its last layer removed), a softmax over
     num_classes + 1 and per-class boxes on its features. Training: model(images, targets) ->
     {"loss_classifier", "loss_box_reg"}; evaluation: model(images) -> list of {"boxes", "labels",
-    "scores"} after per-class NMS (IoU 0.5). Defaults: VOC's 20 classes, ~500 px images."""
-    size = warp or get_model_info(backbone).default_input[1]
+    "scores"} after per-class NMS (IoU 0.3, the released test code's). Defaults: VOC's 20 classes,
+    ~500 px images."""
+    size = get_model_info(backbone).default_input[1] if warp is None else warp
+    if size < 8:
+        raise ValueError(f"warp must be 8 px or more (the paper's: 227), not {size}")
     tally = Tally(proposals=True, passes=True, search=True)
     head = WarpedCNN(backbone, in_channels, size)
-    return _detector(Pixels(in_channels), Warp(size, CONTEXT, tally), head, head.out_features, num_classes,
-                     in_channels, search, proposals, tally)
+    return _detector(Pixels(in_channels), Warp(size, tally), head, head.out_features, num_classes,
+                     in_channels, search, proposals, tally, WINDOWS_PER_IMAGE)

@@ -104,9 +104,10 @@ class Task:
         """A loss for timing a training step without data (cnnbench profile): any target will do."""
         raise NotImplementedError
 
-    def macs_note(self, options: Dict[str, Any]) -> Optional[str]:
+    def macs_note(self, options: Dict[str, Any], model: Optional[nn.Module] = None) -> Optional[str]:
         """What a run's MACs count, where it is not a fixed cost of the network (results.json's
-        macs_note; options: the model's). None: the MACs are the network's at the input size."""
+        macs_note; options: the model's; model: the network). None: the MACs are the network's at
+        the input size."""
         return None
 
     def cost_forward(self, model: nn.Module, x: torch.Tensor) -> Any:

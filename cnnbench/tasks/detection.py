@@ -86,8 +86,11 @@ def tally_of(model: nn.Module) -> Tally:
 
 
 def _synchronize(device: torch.device) -> None:
+    # GPU work is queued: a clock read alone would time the queueing
     if device.type == "cuda":
-        torch.cuda.synchronize(device)  # GPU work is queued: a clock read alone would time the queueing
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def sum_losses(losses: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -291,7 +294,8 @@ class Detection(Task):
              "network_s_per_image": "network s/img"}  # the rest of the forward
     # In the table after the figures, each where some run has it; the others in the CSV and by --columns.
     cost_columns = ("inference_images_per_s", "proposals_per_image", "cnn_passes_per_image")
-    costs_caption = "inference img/s: the whole forward, proposals and NMS included, over the last evaluation"
+    costs_caption = ("inference img/s: the whole forward, proposals and NMS included, over the last evaluation "
+                     "(its first batch left out; under torchrun, all processes together)")
     inference_speed = "inference_images_per_s"  # the score against inference ms per image: map_vs_inference_ms.png
     score_label = "mAP %"
     plot_stem = "map"
@@ -311,7 +315,8 @@ class Detection(Task):
         float32 whatever trainer.amp says: under bf16 autocast torchvision decodes the boxes in
         bf16, which steps by 2 px between 256 and 512 px and would lower AP75 and mAP. Timed: the
         whole call (proposals and NMS included; on CUDA between two synchronisations) goes into
-        the model's Tally (models/proposals.py), read by evaluation_costs."""
+        the model's Tally (models/proposals.py), read by evaluation_costs; the Tally as it stood
+        after an evaluation's first batch is kept, to leave that batch's warm-up out."""
         size, tally = tuple(x.shape[-2:]), tally_of(model)
         _synchronize(x.device)
         t0 = time.perf_counter()
@@ -320,6 +325,9 @@ class Detection(Task):
         _synchronize(x.device)
         tally.seconds += time.perf_counter() - t0
         tally.images += len(x)
+        tally.batches += 1
+        if tally.batches == 1:
+            tally.warm = tally.totals()
         return [{**o, "image_size": size} for o in outputs]
 
     def start_evaluation(self, model) -> None:
@@ -332,11 +340,16 @@ class Detection(Task):
         slowest process's time, all processes' images); proposals_per_image (None for a
         single-shot detector); cnn_passes_per_image (1 unless the model counts them: R-CNN's one
         per proposal); proposal_s_per_image (Selective Search; None where the network proposes)
-        and network_s_per_image (the rest of the forward), seconds."""
+        and network_s_per_image (the rest of the forward), seconds. The first batch is left out
+        where there are more (its cuDNN autotuning and lazy initialisation are no steady state),
+        as the training figures leave out their first steps."""
         t = tally_of(model)
-        network = max(t.seconds - t.proposal_wall_s, 0.0)
-        search = t.proposal_s or 0.0
-        counts = distributed.all_sum(torch.tensor([t.images, t.proposals or 0, t.cnn_passes or 0, network, search],
+        totals = torch.tensor(t.totals(), dtype=torch.float64)
+        if t.batches > 1:
+            totals -= torch.tensor(t.warm, dtype=torch.float64)
+        images, seconds, proposals, passes, search, search_wall = totals.tolist()
+        network = max(seconds - search_wall, 0.0)
+        counts = distributed.all_sum(torch.tensor([images, proposals, passes, network, search],
                                                   dtype=torch.float64, device=device)).tolist()
         slowest = distributed.all_max(torch.tensor([network + search], dtype=torch.float64, device=device)).item()
         images, proposals, passes, network, search = counts
@@ -348,17 +361,18 @@ class Detection(Task):
                 "proposal_s_per_image": None if t.proposal_s is None else search / images,
                 "network_s_per_image": network / images}
 
-    def macs_note(self, options: Dict[str, Any]) -> Optional[str]:
-        """Two-stage detectors (options with "proposals"): their MACs follow the proposals, and
-        Selective Search (options with "search") has none counted. Single-shot detectors: a fixed
-        cost but for NMS."""
+    def macs_note(self, options: Dict[str, Any], model: Optional[nn.Module] = None) -> Optional[str]:
+        """By where the model's proposals come from (its proposal_source): a Region Proposal
+        Network's or Selective Search's (whose MACs follow the proposals, Selective Search's own
+        uncounted), or none (a single-shot detector: a fixed cost but for NMS)."""
         where = ("in evaluation mode on one image at the run's input size (a run's: its first validation image; "
                  "cnnbench models and profile: a seeded random one)")
-        if "proposals" not in options:
+        source = getattr(model, "proposal_source", None)
+        proposals = options.get("proposals") or getattr(getattr(model, "rpn", None), "top_n", None) or 300
+        if source is None:
             return (f"Counted {where}: the network's forward, a fixed cost at this size. The NMS after it is not "
                     f"counted (no multiply-adds; its time is in inference_images_per_s).")
-        proposals = options["proposals"]
-        if "search" in options:
+        if source == "selective_search":
             return (f"Not a fixed cost: the RoI head's MACs grow with the Selective Search proposals it takes (at most "
                     f"{proposals}, model.proposals; R-CNN runs its whole CNN once per proposal). Counted {where}. "
                     f"Selective Search runs on the CPU outside the network and counts no MACs: its time is "
