@@ -96,6 +96,11 @@ def bare_loop(x, y, model_name, options, classes, batch, epochs, lr, device, amp
     return statistics.median(rates)
 
 
+def rate(images_per_s: float) -> str:
+    """Images/s to print: whole above 100, else one decimal (a detector on a CPU: 6.4)."""
+    return f"{images_per_s:,.0f}" if images_per_s >= 100 else f"{images_per_s:.1f}"
+
+
 def cnnbench_loop(cfg) -> float:
     with tempfile.TemporaryDirectory() as d:
         return run.train(cfg, Path(d) / "run")["train_images_per_s"]
@@ -137,10 +142,10 @@ def main():
         bare.append(bare_loop(x, y, name, options, data.num_classes, cfg.dataset.batch_size, a.epochs,
                               cfg.optimizer.lr, device, amp, channels_last, loss_of))
         ours.append(cnnbench_loop(cfg))
-        print(f"  repeat {r + 1}: bare {bare[-1]:,.0f} img/s, cnnbench {ours[-1]:,.0f} img/s")
+        print(f"  repeat {r + 1}: bare {rate(bare[-1])} img/s, cnnbench {rate(ours[-1])} img/s")
     ratio = statistics.median(ours) / statistics.median(bare)
     pairwise = sorted(o / b for o, b in zip(ours, bare))
-    print(f"median bare loop {statistics.median(bare):,.0f} img/s; cnnbench train {statistics.median(ours):,.0f} "
+    print(f"median bare loop {rate(statistics.median(bare))} img/s; cnnbench train {rate(statistics.median(ours))} "
           f"img/s; ratio {ratio:.3f} (target >= 0.95); per-repeat ratios {pairwise[0]:.2f}-{pairwise[-1]:.2f}")
 
 

@@ -257,7 +257,8 @@ def test_cnnbench_trains_each_and_records_what_inference_costs(name, scenes, tmp
     (["model=rcnn", "model.backbone=unet"], "R-CNN runs a zoo classifier on each warped proposal; model.backbone=unet "
                                             "is a segmentation network"),
     (["model=fast_rcnn", "model.search=slow"], "Selective Search's mode is fast or quality, not 'slow'"),
-    (["model=fast_rcnn", "model.backbone=alexnet"], "backbone must be vgg16, resnet50 or mobilenet_v2")])
+    (["model=fast_rcnn", "model.backbone=alexnet"], "backbone must be vgg16, resnet50 or mobilenet_v2"),
+    (["model=rcnn", "model.proposals=0"], "proposals must be 1 or more (the papers take ~2,000 an image), not 0")])
 def test_an_unusable_rcnn_backbone_is_one_paragraph_and_exit_2(overrides, says, scenes, tmp_path):
     r = cnnbench("train", *overrides, "dataset=fashion_scenes", "dataset.canvas=64", f"dataset.root={scenes}",
                  "trainer=smoke", "hydra.run.dir=run", cwd=tmp_path)

@@ -128,7 +128,7 @@ class SelectiveSearch(nn.Module):
         if mode not in ("fast", "quality"):
             raise ValueError(f"Selective Search's mode is fast or quality, not {mode!r}")
         if top_n < 1:
-            raise ValueError(f"proposals must be 1 or more (the papers take ~2,000 a image), not {top_n}")
+            raise ValueError(f"proposals must be 1 or more (the papers take ~2,000 an image), not {top_n}")
         self.mode, self.top_n = mode, top_n
         self.caching = True  # False: every image searched afresh (cnnbench profile times the search)
         self.fixed: Optional[int] = None  # exactly this many boxes, no search: counting MACs (every_proposal)
