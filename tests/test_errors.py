@@ -45,7 +45,8 @@ BAD_TRAIN_INPUTS = [
     (["trainer.epoch=3"], "trainer.epoch is not a cnnbench setting. Did you mean trainer.epochs?"),
     (["sed=1"], "sed is not a cnnbench setting. Did you mean seed?"),
     (["+sed=1"], "sed is not a cnnbench setting. Did you mean seed?"),
-    (["+experiment=nosuch"], "Unknown experiment 'nosuch'. Known: degradation, normalization"),
+    (["+experiment=nosuch"], "Unknown experiment 'nosuch'. Known: degradation, detection, normalization, "
+                             "optimizers, rcnn_family, segmentation, separable, zoo. Choose one with +experiment=NAME"),
     (["dataset.batch_size=abc"], "dataset.batch_size: Value 'abc' of type 'str' could not be converted to Integer"),
     (["trainer.epochs=2.5"], "trainer.epochs: Value '2.5' of type 'float' could not be converted to Integer"),
     (["dataset.batch_size=0"], "dataset.batch_size=0 is not allowed: it must be a positive integer"),
