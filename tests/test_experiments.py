@@ -206,3 +206,32 @@ def test_experiment_detection(tmp_path):
     assert by_model["faster_rcnn"]["proposals_per_image"] > 0
     budgets = {str({k: r["config"][k] for k in ("optimizer", "scheduler", "trainer")}) for r in results}
     assert len(budgets) == 1
+
+
+def test_experiment_fashion_table(tmp_path):
+    # One step of 16 images per network, no checkpoints (VGG-16's 134 M weights: an AdamW step and
+    # a checkpoint of them take seconds on a CPU); trainer=smoke replaces trainer=fast here, so
+    # nothing is compiled on the CPU, and one epoch of the experiment's 20.
+    results = run_experiment("fashion_table", tmp_path, *SMALL_BATCH, "trainer.epochs=1",
+                             "trainer.max_steps_per_epoch=1", "trainer.max_eval_steps=1", "trainer.checkpoint=false")
+    by_model = {r["model"]: r for r in results}
+    assert sorted(by_model) == sorted(swept("fashion_table")["model"]) == ["alexnet_tv", "googlenet", "mobilenet_v2",
+                                                                           "vgg16_bn"]
+    # each at the smallest size it takes, MobileNet v2 with its small stem (per_model)
+    if not DATA:
+        assert {m: r["input_shape"] for m, r in by_model.items()} == {
+            "mobilenet_v2": [1, 28, 28], "googlenet": [1, 28, 28], "vgg16_bn": [1, 32, 32], "alexnet_tv": [1, 63, 63]}
+    assert by_model["mobilenet_v2"]["config"]["model"]["stem"] == "small"
+    assert by_model["vgg16_bn"]["config"]["model"]["stem"] == "imagenet"  # five max-pools: 1x1 at 32 px
+    # one budget: the same optimizer, schedule, trainer and batch for every network, the file's recipe
+    budgets = {str({k: r["config"][k] for k in ("optimizer", "scheduler", "trainer")}) for r in results}
+    assert len(budgets) == 1 and {r["batch_size"] for r in results} == {16}
+    run = results[0]["config"]
+    assert (run["optimizer"]["name"], run["optimizer"]["lr"], run["scheduler"]["name"]) == ("adamw", 2e-3, "onecycle")
+    assert run["trainer"]["label_smoothing"] == 0.1 and all(r["config"]["dataset"]["augment"] for r in results)
+    # what the GPU run gets without the test's overrides: trainer=fast, 20 epochs of batch 512
+    from conftest import compose_cfg
+
+    cfg = compose_cfg("+experiment=fashion_table", "model=mobilenet_v2")
+    assert cfg.trainer.compile and cfg.trainer.channels_last and cfg.trainer.amp == "auto"
+    assert (cfg.trainer.epochs, cfg.dataset.batch_size, cfg.dataset.image_size) == (20, 512, None)
