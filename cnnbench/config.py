@@ -74,6 +74,12 @@ class SchedulerName(Choice):
     onecycle = "onecycle"
 
 
+class Decode(Choice):
+    auto = "auto"  # gpu when the run trains on a CUDA GPU, else cpu
+    cpu = "cpu"  # PIL in the DataLoader workers
+    gpu = "gpu"  # the GPU's JPEG decoder (nvJPEG), crops and flips on the GPU; other files with PIL
+
+
 class DatasetName(Choice):
     fashion_mnist = "fashion_mnist"
     mnist = "mnist"
@@ -144,6 +150,8 @@ class DatasetConf:
     #                                    cores and device (measure.data_workers)
     val_fraction: float = 0.0  # imagefolder: validate on this fraction of train/ (each class's, a fixed
     #                            draw) instead of val/, for folders that have none; 0 = val/
+    decode: Decode = Decode.auto  # imagefolder: where JPEGs are decoded: auto (gpu on CUDA, else cpu) | cpu (PIL
+    #                               in the DataLoader workers) | gpu (the GPU's decoder, crops on the GPU)
     canvas: int = 96  # fashion_scenes: px of each generated square canvas
     max_items: int = 4  # fashion_scenes: 1 to this many Fashion-MNIST items per canvas
 

@@ -374,6 +374,7 @@ _USED_ONLY_BY = {
     "dataset.num_workers": "dataset=imagefolder",  # in-memory datasets use no workers
     "dataset.val_fraction": "dataset=imagefolder",  # the others come with their test split
     "dataset.canvas": "dataset=fashion_scenes", "dataset.max_items": "dataset=fashion_scenes",
+    "dataset.decode": "dataset=imagefolder",  # in-memory datasets decode nothing while training
 }
 
 
@@ -846,6 +847,7 @@ def _new_record(cfg: DictConfig, run: "Run", task: Task, data, facts: Dict[str, 
         f"best_{task.score}": None, "best_epoch": None, "wall_time_s": 0.0, "history": [],
         "env": {**measure.environment(device), "others_start": others_start},
         "data_workers": data.workers,  # DataLoader worker processes (image folders; null: none used)
+        "data_decode": data.decode,  # an image folder's JPEGs decoded by: cpu (PIL in the workers) | gpu; null: none
         "busy_note": None,  # set when other processes competed for the CPU (_busy_note)
         "config": _config_dict(cfg),
         "overrides": _job_overrides(),  # the command line's, in full (a sweep job's folder name may be cut)

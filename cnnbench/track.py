@@ -30,7 +30,7 @@ BOOKKEEPING_KEYS = {"trainer.resume", "trainer.skip_completed", "trainer.progres
 # from before dataset.val_fraction validated on val/; one from before per_model and the external
 # networks (model.target, arch, args) had none of them.
 ADDED_SETTINGS = {"trainer.compile_mode": "default", "dataset.val_fraction": 0.0, "per_model": {},
-                  "model.target": None, "model.arch": None, "model.args": None}
+                  "model.target": None, "model.arch": None, "model.args": None, "dataset.decode": "auto"}
 
 
 def with_added_settings(config: Dict[str, Any]) -> Dict[str, Any]:

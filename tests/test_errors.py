@@ -45,8 +45,9 @@ BAD_TRAIN_INPUTS = [
     (["trainer.epoch=3"], "trainer.epoch is not a cnnbench setting. Did you mean trainer.epochs?"),
     (["sed=1"], "sed is not a cnnbench setting. Did you mean seed?"),
     (["+sed=1"], "sed is not a cnnbench setting. Did you mean seed?"),
-    (["+experiment=nosuch"], "Unknown experiment 'nosuch'. Known: degradation, detection, normalization, "
-                             "optimizers, rcnn_family, segmentation, separable, zoo. Choose one with +experiment=NAME"),
+    (["+experiment=nosuch"], "Unknown experiment 'nosuch'. Known: " + ", ".join(sorted(
+        p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml")))
+     + ". Choose one with +experiment=NAME"),
     (["dataset.batch_size=abc"], "dataset.batch_size: Value 'abc' of type 'str' could not be converted to Integer"),
     (["trainer.epochs=2.5"], "trainer.epochs: Value '2.5' of type 'float' could not be converted to Integer"),
     (["dataset.batch_size=0"], "dataset.batch_size=0 is not allowed: it must be a positive integer"),
@@ -94,6 +95,7 @@ BAD_TRAIN_INPUTS = [
     (["scheduler.gamma=0.5"], "scheduler.gamma=0.5 does not apply to scheduler=onecycle: only scheduler=step read"),
     (["scheduler=cosine", "scheduler.pct_start=0.3"], "scheduler.pct_start=0.3 does not apply to scheduler=cosine"),
     (["dataset.num_workers=8"], "dataset.num_workers=8 does not apply to dataset=synthetic: only dataset=imagefolder"),
+    (["dataset.decode=gpu"], "dataset.decode=gpu does not apply to dataset=synthetic: only dataset=imagefolder"),
     (["dataset.val_fraction=1"], "dataset.val_fraction=1.0 is outside [0, 1). Use a probability such as 0.5."),
     (["dataset.val_fraction=0.1"], "dataset.val_fraction=0.1 does not apply to dataset=synthetic: only "
                                    "dataset=imagefolder reads it"),

@@ -598,7 +598,7 @@ def test_a_config_from_before_the_settings_added_since_groups_with_today_s(tmp_p
 
     new = _config_dict(compose_cfg(*TINY))
     old = json.loads(json.dumps(new))
-    del old["per_model"], old["dataset"]["val_fraction"], old["trainer"]["compile_mode"]
+    del old["per_model"], old["dataset"]["val_fraction"], old["trainer"]["compile_mode"], old["dataset"]["decode"]
     for key in ("target", "arch", "args"):
         del old["model"][key]
     write_run(tmp_path, "seed=0", seed=0, config={**old, "seed": 0})

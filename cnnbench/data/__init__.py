@@ -29,6 +29,8 @@ class DataInfo:
     classes: Optional[list] = None  # [{index, name, train_images, val_images}], for the log and the record
     train_used: int = 0  # images trained on per epoch: whole batches (all processes), the rest left out
     workers: Optional[int] = None  # DataLoader worker processes (image folders); None: no loader processes
+    decode: Optional[str] = None  # where image folders' JPEGs are decoded: cpu (PIL in the workers) | gpu (on the
+    #                               device, dataset.decode); None: no files decoded (in-memory datasets)
     task: str = "classification"  # what the targets are: (B,) labels | segmentation: (B, H, W) class per pixel
     #                               | detection: (M, 6) boxes [image in batch, class, x1, y1, x2, y2] px
     ignore_index: Optional[int] = None  # segmentation: the mask value that no loss or metric counts (255)

@@ -14,8 +14,11 @@ What enters the model is what an image viewer shows of what the user has:
 - An image that cannot be decoded (truncated, corrupt, not an image) is counted and logged with
   one path and why. In training it is replaced by the next readable image of the split, so every
   batch keeps its size (BatchNorm cannot train on one image); in evaluation it is left out. A
-  pass in which no image at all can be read stops the run with that path."""
+  pass in which no image at all can be read stops the run with that path.
+- dataset.decode=gpu (jpeg.py): the same files, order, crops and unreadable files; the JPEGs
+  decoded, cropped and flipped on the GPU instead of by PIL in the workers."""
 
+import contextlib
 import itertools
 import logging
 import os
@@ -128,6 +131,16 @@ def draw_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0])
 
 
+@contextlib.contextmanager
+def seeded(seed: int, epoch: int, index: int):
+    """Inside: the CPU generator seeded with draw_seed(seed, epoch, index); after: as it was. Only
+    the CPU's: torch.manual_seed would also reseed the GPU's, whose dropout draws are the run's
+    where images are read in the training process (dataset.num_workers=0, or dataset.decode=gpu)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(draw_seed(seed, epoch, index))
+        yield
+
+
 REFILL_TRIES = 16  # training: readable images looked for after an unreadable one, in split order
 # What this reader makes of a folder; 1, before it: tool folders were classes, 16-bit images were
 # clipped, EXIF orientation and dataset.train_size/val_size were ignored, augmentation was drawn
@@ -167,8 +180,14 @@ class FolderSplit(datasets.ImageFolder):
 
     def __getitem__(self, key):
         index, epoch = key if isinstance(key, tuple) else (key, None)
+        return self.item(index, epoch)
+
+    def item(self, index: int, epoch=None, start: int = None, stop: int = None):
+        """The item at index, from the files start (default: index) to stop (default: as far as
+        refill goes). dataset.decode=gpu (jpeg.py) reads a file at a time, and carries on after
+        a file that the GPU's decoder failed on."""
         unreadable = []
-        for j in range(index, index + (REFILL_TRIES if self.refill else 1)):
+        for j in range(index if start is None else start, stop or index + (REFILL_TRIES if self.refill else 1)):
             path, label = self.samples[j % len(self.samples)]
             try:
                 image = load_image(path, self.channels)
@@ -179,8 +198,7 @@ class FolderSplit(datasets.ImageFolder):
             return None, self.targets[index], unreadable
         if epoch is None:
             return self.transform(image), label, unreadable
-        with torch.random.fork_rng(devices=[]):  # the caller's generator is left as it was
-            torch.manual_seed(draw_seed(self.seed, epoch, index))
+        with seeded(self.seed, epoch, index):
             return self.transform(image), label, unreadable
 
 
@@ -248,15 +266,18 @@ class FromBatch(Sampler):
 
 
 class DeviceLoader:
-    """Wraps a DataLoader of uint8 batches: moves each to the device and normalises it there.
+    """Wraps a DataLoader of uint8 batches: moves each to the device and normalises it there. With
+    a decoder (dataset.decode=gpu, cnnbench/data/jpeg.py), the batches hold JPEG files' bytes, which
+    it decodes and crops on the device first.
 
     Training: a batch still short after FolderSplit's refills (more than REFILL_TRIES unreadable
     files in a row) is left out, so that every batch the model sees has the configured size.
     `unreadable` holds every unreadable file met ("path (why)"), `short_batches` the batches the
     last pass left out."""
 
-    def __init__(self, loader: DataLoader, mean, std, device: torch.device, train: bool, split: Path):
-        self.loader, self.device, self.train = loader, device, train
+    def __init__(self, loader: DataLoader, mean, std, device: torch.device, train: bool, split: Path,
+                 decoder=None):
+        self.loader, self.device, self.train, self.decoder = loader, device, train, decoder
         self.split = split  # the folder the images come from, for messages
         self.normalize = Normalize(mean, std, device)
         self.unreadable: set = set()  # "path (why)" of every unreadable file met
@@ -276,7 +297,8 @@ class DeviceLoader:
         read, unreadable, short, short_images = 0, set(), 0, 0  # this pass
         full = self.loader.batch_sampler.batch_size if self.train else 1
         try:
-            for x, y, found in self.loader:
+            for batch in self.loader:
+                x, y, found = self.decoder(batch) if self.decoder else batch
                 unreadable.update(found)
                 if len(y) < full:  # empty, or a training batch that more unreadable files than refills shrank
                     short, short_images = short + (len(y) > 0), short_images + len(y)
@@ -290,6 +312,8 @@ class DeviceLoader:
                     f"{min(unreadable)}. Check the files (truncated, corrupt or not an image), or point "
                     f"dataset.root at a copy that opens.")
         finally:  # also when the epoch stops early (trainer.max_steps_per_epoch)
+            if self.decoder:
+                self.decoder.end_pass(self.split)
             self.unreadable |= unreadable
             self.short_batches = short
             if unreadable and read:
@@ -310,10 +334,15 @@ def _class_table(classes: List[str], train: FolderSplit, val: FolderSplit) -> Li
             for i, name in enumerate(classes)]
 
 
-def build_imagefolder(conf, device: torch.device, seed: int, image_size: int, rank: int = 0, world: int = 1):
+def build_imagefolder(conf, device: torch.device, seed: int, image_size: int, rank: int = 0, world: int = 1,
+                      on_device: bool = None):
+    """Train and validation loaders of an image folder, and its DataInfo. on_device: decode the JPEGs on
+    `device` (dataset.decode=gpu, jpeg.py); None: as dataset.decode and the device say (the tests run
+    the GPU's path on the CPU)."""
     from torchvision.transforms import v2 as T
 
     from cnnbench.data import DataInfo
+    from cnnbench.data.jpeg import DeviceDecoder, EncodedSplit, collate_encoded, decode_on_device
 
     root = Path(os.path.expanduser(conf.root))
     for split in ("train",) if conf.val_fraction else ("train", "val"):
@@ -324,16 +353,22 @@ def build_imagefolder(conf, device: torch.device, seed: int, image_size: int, ra
                 f"dataset=imagefolder needs {root / split}, a folder with one sub-folder of images "
                 f"per class, and it does not exist. Set dataset.root to the folder holding train/ "
                 f"and val/ (ImageNet layout).{no_val}")
+    if on_device is None:
+        on_device = decode_on_device(conf, device)
     to_uint8 = [T.PILToTensor()]
-    if conf.augment:  # Szegedy et al. 2014 / torchvision's ImageNet recipe
-        train_tf = T.Compose([T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip(), *to_uint8])
-    else:
-        train_tf = T.Compose([T.Resize(image_size * 256 // 224, antialias=True), T.CenterCrop(image_size), *to_uint8])
-    val_tf = T.Compose([T.Resize(image_size * 256 // 224, antialias=True), T.CenterCrop(image_size), *to_uint8])
+    # Szegedy et al. 2014 / torchvision's ImageNet recipe. The GPU's decoder (jpeg.py) draws its crops
+    # and flips with these same objects, from the same seeds.
+    crop, flip = (T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip()) if conf.augment \
+        else (None, None)
+    resize = image_size * 256 // 224  # px of the shorter side, before the centre crop
+    centre = [T.Resize(resize, antialias=True), T.CenterCrop(image_size)]
+    train_tf = T.Compose([crop, flip, *to_uint8] if conf.augment else [*centre, *to_uint8])
+    val_tf = T.Compose([*centre, *to_uint8])
+    Split, draws = (EncodedSplit, dict(crop=crop, flip=flip)) if on_device else (FolderSplit, {})
     try:
-        train_set = FolderSplit(root / "train", train_tf, conf.in_channels, seed, refill=True)
-        val_set = FolderSplit(root / ("train" if conf.val_fraction else "val"), val_tf, conf.in_channels, seed,
-                              refill=False)
+        train_set = Split(root / "train", train_tf, conf.in_channels, seed, refill=True, **draws)
+        val_set = Split(root / ("train" if conf.val_fraction else "val"), val_tf, conf.in_channels, seed,
+                        refill=False)
     except (FileNotFoundError, RuntimeError) as e:  # no class folders, or folders without images
         raise CnnbenchError(f"dataset=imagefolder could not read {root}: {e}. Each of train/ and "
                             f"val/ needs one sub-folder per class holding .jpg/.png images.") from None
@@ -367,7 +402,8 @@ def build_imagefolder(conf, device: torch.device, seed: int, image_size: int, ra
     # generator (a resumed run starts them once more than one never stopped: its dropout would
     # differ); the images' random draws are FolderSplit's, seeded per image.
     common = dict(num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
-                  collate_fn=collate_readable, generator=torch.Generator().manual_seed(seed))
+                  collate_fn=collate_encoded if on_device else collate_readable,
+                  generator=torch.Generator().manual_seed(seed))
     # The shuffle: epoch e's order is seeded with seed * 1_000_003 + e, as in the in-memory loader
     # (DistributedSampler adds the epoch). drop_last: every process gets the same number of images.
     shard = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
@@ -383,6 +419,11 @@ def build_imagefolder(conf, device: torch.device, seed: int, image_size: int, ra
                             f"dataset.batch_size={conf.batch_size}{each}. Lower the batch size.")
     info = DataInfo(len(classes), conf.in_channels, image_size, len(train_set), len(val_set), str(root),
                     classes=_class_table(classes, train_set, val_set), train_used=len(train) * conf.batch_size * world,
-                    workers=workers)
-    return (DeviceLoader(train, conf.mean, conf.std, device, True, root / "train"),
-            DeviceLoader(val, conf.mean, conf.std, device, False, root / "val"), info)
+                    workers=workers, decode="gpu" if on_device else "cpu")
+    if on_device:
+        log.info(f"Decoding the JPEGs of {root} on {device} (dataset.decode), cropping and flipping them there; "
+                 f"the DataLoader workers read the files, and decode with PIL only what the GPU's decoder does "
+                 f"not take (PNG, CMYK, ...).")
+    decoders = [DeviceDecoder(s, device, image_size, resize) if on_device else None for s in (train_set, val_set)]
+    return (DeviceLoader(train, conf.mean, conf.std, device, True, root / "train", decoders[0]),
+            DeviceLoader(val, conf.mean, conf.std, device, False, root / "val", decoders[1]), info)
