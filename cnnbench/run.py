@@ -49,7 +49,8 @@ _OPTIMIZERS = {
 _OPTIONAL_OPTIMIZER_KEYS = ("momentum", "nesterov", "betas", "eps", "alpha")
 # What a checkpoint carries of results.json, so a resumed run reports the whole run (with the
 # task's own figures: its record_keys and best_<score>).
-_RESUMED_KEYS = ("history", "best_epoch", "epochs", "wall_time_s", "train_images_per_s", "schedule_changes")
+_RESUMED_KEYS = ("history", "best_epoch", "epochs", "wall_time_s", "train_images_per_s", "schedule_changes",
+                 "data_decode")
 # What a resumed run may change: how long it trains and how it is watched, not what it computes.
 _RESUMABLE_CHANGES = {"trainer.epochs", "trainer.eval_every", "trainer.log_every_steps", "trainer.max_eval_steps",
                       "trainer.checkpoint", "trainer.checkpoint_every_steps", "trainer.log_grad_norms",
@@ -879,7 +880,12 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         log.info(f"Resizing {d.native_size} px images to {image_size} px, the size {m.name} takes "
                  f"(set dataset.image_size to choose).")
     info = get_model_info(m.name)
-    train_loader, val_loader, data = build_data(OmegaConf.to_object(d), device, cfg.seed, image_size,
+    d_conf = OmegaConf.to_object(d)
+    if checkpoint is not None and _value(d.decode) == "auto" and checkpoint["results"].get("data_decode") != "gpu":
+        # A run that began decoding with PIL (or before dataset.decode existed) goes on with PIL: auto must not
+        # switch it to the GPU's decoder, whose pixels round otherwise, mid-run
+        d_conf.decode = "cpu"
+    train_loader, val_loader, data = build_data(d_conf, device, cfg.seed, image_size,
                                                 world.rank, world.size, task=info.task)
     # model.num_classes follows dataset.num_classes unless set; the data may count otherwise for the
     # model's task (fashion_scenes: 11 with the background for segmentation, 10 objects for detection)

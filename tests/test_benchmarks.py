@@ -67,9 +67,10 @@ def test_lenet5_profile_compares_cnnbench_step_with_the_bare_loop(smoke):
     assert {"cnnbench: next batch", "cnnbench: scheduler.step", "cnnbench: task.train_step"} <= only
     assert "aten::mm" not in only  # the model's own ops are in both
     assert "lenet5_profile: cnnbench only: cnnbench: task.train_step" in figures
-    assert "cnnbench's host ops that the bare loop has not" in (out / "lenet5_profile.txt").read_text()
-    with tarfile.open(out / "lenet5_profile_traces.tar.gz") as tar:
-        assert sorted(tar.getnames()) == ["lenet5_bare_trace.json", "lenet5_cnnbench_trace.json"]
+    assert any("unreliable under CUDA graphs" in figure for figure in figures)
+    with tarfile.open(out / "lenet5_profile.tar.gz") as tar:  # one file in --out
+        assert sorted(tar.getnames()) == ["lenet5_bare_trace.json", "lenet5_cnnbench_trace.json", "lenet5_profile.txt"]
+        assert "cnnbench's host ops that the bare loop has not" in tar.extractfile("lenet5_profile.txt").read().decode()
 
 
 def test_jpeg_trains_from_a_written_folder_and_from_synthetic_data(smoke):
@@ -81,7 +82,19 @@ def test_jpeg_trains_from_a_written_folder_and_from_synthetic_data(smoke):
         assert record[run]["data_wait_s"] >= 0 and record[run]["train_images_per_s"] > 0
     if record["decode_key"]:  # dataset.decode: on the CPU, decoded there
         assert record["jpeg"]["decode"] == "cpu"
-    assert float(figures["jpeg: JPEG / synthetic"]) == pytest.approx(record["ratio"], abs=1e-3)
+        # the probe before the runs: the device path (forced on the CPU) against PIL's, one validation pass
+        parity = record["parity"]
+        assert parity["images"] == 16 and parity["labels_equal"] and parity["decode"] == "gpu"
+        assert 0 <= parity["mean_levels"] <= parity["max_levels"] <= 10  # within the resize's rounding
+        figure = next(f for f in figures if f.startswith("jpeg: 32 px JPEGs, device decode against PIL"))
+        assert figures[figure] == f"{parity['max_levels']:.0f} / {parity['mean_levels']:.3f}"
+    assert float(figures["jpeg: 32 px JPEGs / synthetic"]) == pytest.approx(record["ratio"], abs=1e-3)
+
+
+def test_out_holds_at_most_8_whole_files(smoke):
+    _, _, out = smoke  # a lent machine brings back at most 8 files; the partial ones are written in --work
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8 and not any(name.endswith((".tmp", ".part")) for name in files), files
 
 
 def test_fashion_table_reports_each_job_of_the_experiment(smoke):
@@ -111,6 +124,7 @@ def test_resnet50_fastest_runs_each_candidate_in_its_own_process(smoke):
         assert c["cnnbench_images_per_s"] > 0 and c["bare_images_per_s"] > 0
         assert c["ratio"] == pytest.approx(c["cnnbench_images_per_s"] / c["bare_images_per_s"])
         assert {"mfu", "compile_s", "bare_compile_s"} <= set(c) and c["record"]["status"] == "completed"
+    assert any("bare, which compiles second, with warm caches" in figure for figure in figures)
     assert record["fastest"] == max(measured, key=lambda c: c["cnnbench_images_per_s"])["candidate"]
     assert "resnet50_fastest: fastest (the preset to make)" in figures
 

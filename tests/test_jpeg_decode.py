@@ -208,6 +208,25 @@ def test_a_run_trains_through_the_device_path(tmp_path, monkeypatch, caplog):
     assert f"2 of the 8 images read from {root / 'train'} this pass were decoded by PIL" in caplog.text  # PNG, CMYK
 
 
+def test_a_run_begun_with_pil_resumes_with_pil_whatever_auto_would_choose(tmp_path, monkeypatch):
+    """auto must not switch a run's decoder mid-run (the GPU's pixels round otherwise): a run whose
+    checkpoint says PIL decoded it (or that predates dataset.decode) goes on with PIL, even where
+    auto would now pick the GPU's (here decode_on_device is handed "cpu", not "auto")."""
+    from cnnbench.data import jpeg
+
+    asked = []
+    real = jpeg.decode_on_device
+    monkeypatch.setattr(jpeg, "decode_on_device",
+                        lambda conf, device: asked.append(str(conf.decode)) or real(conf, device))
+    root = jpeg_folder(tmp_path / "imgs", n_train=4, n_val=2)
+    args = ["dataset=imagefolder", f"dataset.root={root}", "dataset.image_size=32", "dataset.batch_size=2",
+            "dataset.num_workers=0", "trainer=smoke", "trainer.max_steps_per_epoch=1", "trainer.max_eval_steps=1"]
+    run.train(compose_cfg(*args, "trainer.epochs=1"), tmp_path / "run")
+    assert asked == ["auto"]
+    resumed = run.train(compose_cfg(*args, "trainer.epochs=2", "trainer.resume=true"), tmp_path / "run")
+    assert asked == ["auto", "cpu"] and resumed["data_decode"] == "cpu" and resumed["epochs"] == 2
+
+
 def test_only_whole_grey_or_rgb_jpegs_go_to_the_device(tmp_path):
     from cnnbench.data.jpeg import jpeg_header
 

@@ -252,6 +252,13 @@ class DeviceDecoder:
         todo = [k for k, e in enumerate(encoded) if e.file not in self.refused]
         if not todo:
             return out
+        if self.device.type == "cuda":
+            # torchvision's CUDA decoder allocates its outputs on the current stream but writes them on
+            # a stream of its own that does not wait for it: memory that queued kernels still read
+            # could be handed out and overwritten (pytorch/vision#9606, fixed only in torchcodec,
+            # meta-pytorch/torchcodec#1634). Waiting for the queued work first closes that window;
+            # the decode blocks the host anyway, so only some overlap is lost.
+            torch.cuda.current_stream(self.device).synchronize()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points at TorchCodec
             try:
