@@ -935,8 +935,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                           channels_last, used, others_start)
     if getattr(model, "proposal_source", None):  # a two-stage detector: its MACs are evaluation's, at its proposals
         macs_trained = None
-        results["mfu_note"] = ("no mfu: a two-stage detector's training forward runs other proposals (64 sampled "
-                               "per image) than the evaluation MACs count, so 3 x MACs is not what it trains on")
+        results["mfu_note"] = ("no mfu: a two-stage detector's training forward runs other proposals (a sample of "
+                               "them per image) than the evaluation MACs count, so 3 x MACs is not what it trains on")
     else:
         macs_trained = macs
     start_epoch, global_step, prior_wall, resumed_epoch = 0, 0, 0.0, None

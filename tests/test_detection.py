@@ -88,7 +88,10 @@ def test_faster_rcnn_has_the_papers_parameters():
 
 
 @pytest.mark.parametrize("name, options, size", [("faster_rcnn", {"backbone": "mobilenet_v2"}, 64),
-                                                 ("ssd300", {}, 268)])
+                                                 ("ssd300", {}, 268),
+                                                 ("fast_rcnn", {"backbone": "mobilenet_v2", "proposals": 8}, 64),
+                                                 ("rcnn", {"backbone": "lenet5", "warp": 32, "proposals": 8}, 64),
+                                                 ("yolo_v1", {"width": 0.125, "grid": 4}, 64)])
 def test_a_detectors_macs_are_the_sum_over_its_layers(name, options, size):
     """measure's count of a detector (on the CPU: its proposals depend on the image) against the
     textbook count of the same forward: a convolution (output elements) x (in channels / groups) x
